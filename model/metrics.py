@@ -1,0 +1,57 @@
+"""Prometheus metrics of the inference worker (``streamrec_`` prefix, base units)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "REQUESTS_CONSUMED",
+    "RECOMMENDATIONS",
+    "DEAD_LETTERS",
+    "DUPLICATE_REQUESTS",
+    "BATCH_SIZE",
+    "INFERENCE_SECONDS",
+    "EVENT_TO_RECOMMENDATION_SECONDS",
+    "MODEL_INFO",
+    "serve",
+]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS_CONSUMED = Counter("streamrec_worker_rank_requests_total", "Rank requests consumed")
+RECOMMENDATIONS = Counter(
+    "streamrec_recommendations_published_total", "Recommendation lists published"
+)
+DEAD_LETTERS = Counter(
+    "streamrec_worker_dlq_records_total", "Rank requests the worker could not parse (to DLQ)"
+)
+DUPLICATE_REQUESTS = Counter(
+    "streamrec_worker_duplicate_requests_total", "Rank requests already answered (skipped)"
+)
+BATCH_SIZE = Histogram(
+    "streamrec_inference_batch_size",
+    "Rank requests per inference micro-batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+INFERENCE_SECONDS = Histogram(
+    "streamrec_inference_seconds",
+    "Scoring + reranking time per micro-batch",
+    buckets=_LATENCY_BUCKETS,
+)
+EVENT_TO_RECOMMENDATION_SECONDS = Histogram(
+    "streamrec_event_to_recommendation_seconds",
+    "From the trigger's arrival on Kafka to the list being published",
+    buckets=_LATENCY_BUCKETS,
+)
+MODEL_INFO = Gauge(
+    "streamrec_model_info", "The model being served (value 1)", ["model_version", "device"]
+)
+
+_served: set[int] = set()
+
+
+def serve(port: int) -> None:
+    """Serve ``/metrics`` on ``port`` once per process (0 = off)."""
+    if port and port not in _served:
+        start_http_server(port)
+        _served.add(port)

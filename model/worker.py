@@ -1,0 +1,149 @@
+"""The inference worker: ``rank-requests`` -> LM scoring + reranking -> ``recommendations``.
+
+The loop, per micro-batch:
+
+1. consume up to ``batch_size`` records, waiting at most ``max_wait_ms``;
+2. parse them; records that are not valid rank requests go to
+   ``rank-requests.dlq`` with the reason;
+3. skip request ids this process already answered (redelivery);
+4. rank the batch in one LM forward pass (``model.ranker.Ranker``);
+5. produce the lists (key = user_id) and dead letters, and flush;
+6. only then commit the consumed offsets: at-least-once, and a duplicate
+   after a crash carries the same deterministic ``rec_id``.
+
+Several workers share ``rank-requests`` through one consumer group.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import OrderedDict
+from types import FrameType
+
+from confluent_kafka import Message
+
+from model import metrics
+from model.encoder import Encoder
+from model.ranker import Ranker
+from model.rerank import MMR
+from model.scoring import TwoTowerScorer
+from streams.catalog import Catalog, CatalogNotFound
+from streams.contracts import DeadLetter, RankRequest, Topics, parse_rank_request
+from streams.kafka import consumer, producer
+from streams.settings import Settings
+
+__all__ = ["Worker", "build_ranker", "WORKER_GROUP", "DeliveryFailed"]
+
+log = logging.getLogger(__name__)
+
+WORKER_GROUP = "streamrec-worker"
+
+
+class DeliveryFailed(RuntimeError):
+    """Produced records were not acknowledged; the batch is left uncommitted."""
+
+
+def build_ranker(settings: Settings, catalog: Catalog) -> Ranker:
+    """The default ranking path for ``settings``: two-tower LM scoring + MMR."""
+    encoder = Encoder(settings.artifact, device=settings.device)
+    scorer = TwoTowerScorer(encoder, catalog, settings.lm_blend, settings.history_items)
+    return Ranker(scorer, MMR(), catalog, settings.mmr_lambda, model_version=encoder.name)
+
+
+class Worker:
+    """Consumes rank requests in micro-batches and publishes recommendations."""
+
+    def __init__(self, settings: Settings, ranker: Ranker | None = None) -> None:
+        if not settings.brokers:
+            raise ValueError("no brokers: set --brokers / STREAMREC_BROKERS")
+        if settings.catalog is None:
+            raise CatalogNotFound("no catalog: set --catalog / STREAMREC_CATALOG")
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.ranker = ranker or build_ranker(settings, Catalog.load(settings.catalog))
+        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._stop = threading.Event()
+        device = getattr(getattr(self.ranker.scorer, "encoder", None), "device", "cpu")
+        metrics.MODEL_INFO.labels(self.ranker.model_version, str(device)).set(1)
+
+    def stop(self, *_: object) -> None:
+        """Finish the current batch, commit, and leave the loop."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(_sig: int, _frame: FrameType | None) -> None:
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _fresh(self, request: RankRequest) -> bool:
+        if request.request_id in self._answered:
+            metrics.DUPLICATE_REQUESTS.inc()
+            return False
+        self._answered[request.request_id] = None
+        if len(self._answered) > 100_000:
+            self._answered.popitem(last=False)
+        return True
+
+    def handle(self, messages: list[Message]) -> list[tuple[str, bytes, bytes | None]]:
+        """Parse + rank one batch -> the (topic, value, key) records to produce."""
+        requests: list[RankRequest] = []
+        out: list[tuple[str, bytes, bytes | None]] = []
+        for m in messages:
+            parsed = parse_rank_request(m.value(), m.topic(), m.partition(), m.offset())
+            if isinstance(parsed, DeadLetter):
+                metrics.DEAD_LETTERS.inc()
+                out.append((self.topics.rank_requests_dlq, parsed.to_bytes(), None))
+            elif self._fresh(parsed):
+                requests.append(parsed)
+        metrics.REQUESTS_CONSUMED.inc(len(messages))
+        if requests:
+            started = time.perf_counter()
+            recs = self.ranker.recommend(requests)
+            metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
+            metrics.BATCH_SIZE.observe(len(requests))
+            for rec in recs:
+                out.append((self.topics.recommendations, rec.to_bytes(), rec.user_id.encode()))
+                metrics.EVENT_TO_RECOMMENDATION_SECONDS.observe(rec.latency_ms / 1000.0)
+            metrics.RECOMMENDATIONS.inc(len(recs))
+        return out
+
+    def run(self) -> None:
+        """The consume -> rank -> produce -> commit loop, until ``stop()``."""
+        s = self.settings
+        metrics.serve(s.metrics_port)
+        cons = consumer(
+            s.brokers,
+            WORKER_GROUP + (f"-{s.topic_prefix}" if s.topic_prefix else ""),
+            **{"session.timeout.ms": s.consumer_session_timeout_ms},
+        )
+        prod = producer(s.brokers)
+        cons.subscribe([self.topics.rank_requests])
+        log.info("worker consuming %s", self.topics.rank_requests)
+        try:
+            while not self._stop.is_set():
+                batch = cons.consume(s.batch_size, timeout=s.max_wait_ms / 1000.0)
+                messages = [m for m in batch if m.error() is None]
+                for m in batch:
+                    if m.error() is not None:
+                        log.warning("consumer error: %s", m.error())
+                if not messages:
+                    continue
+                for topic, value, key in self.handle(messages):
+                    prod.produce(topic, value=value, key=key)
+                remaining = prod.flush(30)
+                if remaining:
+                    # Stop without committing: a restarted worker gets the batch
+                    # again from the last commit, so nothing acknowledged is lost.
+                    raise DeliveryFailed(
+                        f"{remaining} records not delivered to Kafka within 30 s; "
+                        "exiting without committing so the batch is redelivered"
+                    )
+                cons.commit(asynchronous=False)
+        finally:
+            cons.close()
+            prod.flush(10)

@@ -1,0 +1,5 @@
+"""``python -m streamrec`` = the ``streamrec`` console script."""
+
+from streamrec.cli import main
+
+main()

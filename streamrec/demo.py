@@ -1,0 +1,278 @@
+"""``streamrec demo``: the whole product on one machine, then a report.
+
+1. start the embedded broker and create the topics;
+2. build (or load from cache) the catalog: item vectors + FAISS index;
+3. start the dataflow and the worker as child processes;
+4. wait until a warm-up request comes back as a list (everything is up);
+5. replay a slice of the dataset onto ``events`` while following
+   ``rank-requests``, ``recommendations`` and ``events.dlq`` live;
+6. print the report: counts, latency percentiles, throughput, two example lists.
+
+Every child is stopped on the way out, also on Ctrl-C or an error.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streamrec.processes import ProcessGroup, streamrec_cmd
+from streams.broker import EmbeddedBroker
+from streams.contracts import RecommendationRequest, Topics
+from streams.datasets import Dataset, load_dataset
+from streams.kafka import TopicFollower, producer
+from streams.replay import ReplayStats, replay
+from streams.settings import Settings
+
+__all__ = ["run_demo", "DemoReport"]
+
+
+@dataclass
+class DemoReport:
+    """What the demo measured; also returned for tests and `bench`."""
+
+    startup_s: float = 0.0
+    catalog_built: bool = False
+    events_in: int = 0
+    bad_in: int = 0
+    dlq: int = 0
+    rank_requests: int = 0
+    recommendations: int = 0
+    duplicates: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    replay_s: float = 0.0
+    dataflow_eps: float = 0.0
+    worker_rps: float = 0.0
+    lists: dict[str, dict] = field(default_factory=dict)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+def _wait_for_warmup(
+    brokers: str, topics: Topics, follower: TopicFollower, procs: ProcessGroup, timeout_s: float
+) -> None:
+    """Send one explicit request until its list comes back: the pipeline is up."""
+    request_id = f"warmup-{uuid.uuid4().hex[:8]}"
+    prod = producer(brokers)
+    req = RecommendationRequest(request_id=request_id, user_id="__warmup__", k=3)
+    prod.produce(topics.recommendation_requests, key=b"__warmup__", value=req.to_bytes())
+    prod.flush(10)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        procs.check()
+        for m in follower.poll(100, 0.5):
+            if m.topic() == topics.recommendations and m.key() == b"__warmup__":
+                return
+    raise TimeoutError(f"no warm-up list within {timeout_s}s; see logs in {procs.log_dir}")
+
+
+def run_demo(
+    settings: Settings,
+    events: int = 3000,
+    rate: float = 0.0,
+    console: Console | None = None,
+    log_dir: Path | None = None,
+    idle_timeout_s: float = 60.0,
+) -> DemoReport:
+    """Run the embedded stack on a slice of ``settings.data`` and print a report."""
+    from model.encoder import Encoder
+    from model.index import build_catalog
+
+    console = console or Console()
+    report = DemoReport()
+    started = time.perf_counter()
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="streamrec-demo-"))
+    topics = Topics(settings.topic_prefix)
+
+    with console.status("loading data and the catalog"):
+        dataset = load_dataset(settings.data)
+        path, report.catalog_built = build_catalog(
+            dataset,
+            Encoder(settings.artifact, device=settings.device),
+            settings.cache_dir,
+            progress=False,
+        )
+    console.print(
+        f"[bold]catalog[/] {'built' if report.catalog_built else 'loaded from cache'}: "
+        f"{path} ({len(dataset.items)} items)"
+    )
+    with (
+        EmbeddedBroker(partitions=settings.partitions, topics=topics) as broker,
+        ProcessGroup(log_dir) as procs,
+    ):
+        console.print(f"[bold]broker[/] 127.0.0.1 embedded Tansu at {broker.bootstrap}")
+        s = settings.model_copy(update={"brokers": broker.bootstrap, "catalog": path})
+        from streamrec.cli import settings_env
+
+        env = settings_env(s)
+        procs.start("dataflow", streamrec_cmd("dataflow"), env)
+        worker_port = s.metrics_port + 100 if s.metrics_port else 0
+        procs.start(
+            "worker",
+            streamrec_cmd("worker"),
+            {**env, "STREAMREC_METRICS_PORT": str(worker_port)},
+        )
+        follower = TopicFollower(
+            broker.bootstrap, [topics.rank_requests, topics.recommendations, topics.events_dlq]
+        )
+        with console.status("starting the dataflow and the worker"):
+            _wait_for_warmup(broker.bootstrap, topics, follower, procs, timeout_s=180)
+        report.startup_s = time.perf_counter() - started
+        console.print(
+            f"[bold]up[/] in {report.startup_s:.1f}s (metrics: dataflow :{s.metrics_port}, "
+            f"worker :{worker_port}; logs: {log_dir})"
+        )
+        _replay_and_follow(
+            s, dataset, events, rate, topics, follower, procs, report, console, idle_timeout_s
+        )
+        follower.close()
+    _print_report(report, dataset, console)
+    return report
+
+
+def _replay_and_follow(
+    s: Settings,
+    dataset: Dataset,
+    events: int,
+    rate: float,
+    topics: Topics,
+    follower: TopicFollower,
+    procs: ProcessGroup,
+    report: DemoReport,
+    console: Console,
+    idle_timeout_s: float,
+) -> None:
+    stats: list[ReplayStats] = []
+    errors: list[BaseException] = []
+    n = min(events, len(dataset.interactions))
+    t0 = time.time()
+
+    def produce() -> None:
+        try:
+            stats.append(
+                replay(
+                    dataset, producer(s.brokers), topics.events, rate=rate, limit=n, progress=False
+                )
+            )
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=produce, name="replay", daemon=True)
+    thread.start()
+    seen_recs: set[str] = set()
+    rr_last = rec_first = rec_last = 0.0
+    last_progress = time.monotonic()
+    columns = (
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        t_rr = bar.add_task("rank requests", total=n)
+        t_rec = bar.add_task("recommendations", total=n)
+        t_dlq = bar.add_task("dead letters", total=None)
+        while True:
+            procs.check()
+            if errors:
+                raise errors[0]
+            for m in follower.poll(1000, 0.2):
+                last_progress = time.monotonic()
+                ts = m.timestamp()[1] / 1000.0
+                if m.topic() == topics.events_dlq:
+                    report.dlq += 1
+                    bar.update(t_dlq, advance=1)
+                elif m.topic() == topics.rank_requests:
+                    report.rank_requests += 1
+                    rr_last = max(rr_last, ts)
+                    bar.update(t_rr, advance=1)
+                else:
+                    rec = json.loads(m.value())
+                    if rec["user_id"] == "__warmup__":
+                        continue
+                    if rec["rec_id"] in seen_recs:
+                        report.duplicates += 1
+                        continue
+                    seen_recs.add(rec["rec_id"])
+                    report.recommendations += 1
+                    report.latencies_ms.append(rec["latency_ms"])
+                    report.lists[rec["user_id"]] = rec
+                    rec_first = rec_first or ts
+                    rec_last = max(rec_last, ts)
+                    bar.update(t_rec, advance=1)
+            done = stats and report.recommendations >= stats[0].events
+            if done or time.monotonic() - last_progress > idle_timeout_s:
+                break
+    thread.join()
+    if stats:
+        report.events_in, report.bad_in = stats[0].events, stats[0].bad_records
+        report.replay_s = stats[0].seconds
+    # The first rank request includes the warm-up one; both rates are over the replay window.
+    if rr_last > t0:
+        report.dataflow_eps = report.events_in / (rr_last - t0)
+    if rec_last > rec_first:
+        report.worker_rps = report.recommendations / (rec_last - t0)
+
+
+def _titles(dataset: Dataset, items: list[str]) -> list[str]:
+    return [dataset.items[i].title if i in dataset.items else i for i in items]
+
+
+def _print_report(report: DemoReport, dataset: Dataset, console: Console) -> None:
+    table = Table(title="streamrec demo report", show_header=False)
+    start = "cold: catalog built" if report.catalog_built else "warm: catalog cached"
+    pct = [report.percentile(q) for q in (50, 95, 99)]
+    rows = [
+        (
+            "startup (broker + catalog + dataflow + worker)",
+            f"{report.startup_s:.1f} s ({start})",
+        ),
+        ("events in", f"{report.events_in} (+{report.bad_in} bad records)"),
+        ("dead letters", str(report.dlq)),
+        ("rank requests", str(report.rank_requests - 1)),
+        (
+            "recommendations out",
+            f"{report.recommendations} (duplicates dropped: {report.duplicates})",
+        ),
+        (
+            "latency p50 / p95 / p99",
+            " / ".join(f"{p:.1f}" for p in pct) + " ms",
+        ),
+        ("replay", f"{report.replay_s:.1f} s"),
+        ("dataflow throughput", f"{report.dataflow_eps:.0f} events/s"),
+        ("worker throughput", f"{report.worker_rps:.0f} recommendations/s"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    # Two example lists: the users with the longest histories in the slice.
+    history: dict[str, list[str]] = defaultdict(list)
+    inter = dataset.interactions
+    for i in range(min(report.events_in, len(inter))):
+        history[inter.user_id[i]].append(inter.item_id[i])
+    users = sorted((u for u in report.lists if u in history), key=lambda u: -len(history[u]))[:2]
+    for user in users:
+        rec = report.lists[user]
+        recent = list(dict.fromkeys(reversed(history[user])))[:5]
+        t = Table(title=f"user {user}: {rec['policy']['reranker']} {rec['policy']['arm']}")
+        t.add_column("recently bought")
+        t.add_column("recommended")
+        recommended = _titles(dataset, [x["item_id"] for x in rec["items"]])
+        bought = _titles(dataset, recent)
+        for i in range(max(len(bought), len(recommended))):
+            t.add_row(
+                bought[i] if i < len(bought) else "", recommended[i] if i < len(recommended) else ""
+            )
+        console.print(t)

@@ -1,0 +1,319 @@
+"""Message contracts and topic names shared by the dataflow and the worker.
+
+Every message that crosses a topic is a frozen pydantic model here, and input
+from outside (``events``, ``recommendation-requests``) has exactly one parse
+function that returns either the message or a :class:`DeadLetter` for the
+dead-letter topic. Nothing in this module imports torch.
+
+Topics (names get ``Settings.topic_prefix`` in front):
+
+``events``                   storefront interactions (key = user_id)
+``events.dlq``               records the dataflow could not parse, with the reason
+``catalog``                  item metadata (key = item_id, compacted)
+``recommendation-requests``  explicit asks from a page view (key = user_id)
+``rank-requests``            internal: dataflow -> worker, one per trigger (key = user_id)
+``rank-requests.dlq``        internal: rank requests the worker could not parse
+``recommendations``          output lists (key = user_id)
+``bandit-weights``           internal: per-segment bandit statistics (compacted)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "EVENT_TYPES",
+    "Topics",
+    "Event",
+    "RecommendationRequest",
+    "Candidate",
+    "RankRequest",
+    "RankedItem",
+    "Recommendation",
+    "DeadLetter",
+    "parse_event",
+    "parse_recommendation_request",
+    "parse_rank_request",
+    "rec_id_for",
+]
+
+EventType = Literal["view", "click", "add_to_cart", "favorite", "purchase"]
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "favorite", "purchase")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names, optionally prefixed so runs and tests can share a broker."""
+
+    prefix: str = ""
+
+    def _name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def events(self) -> str:
+        return self._name("events")
+
+    @property
+    def events_dlq(self) -> str:
+        return self._name("events.dlq")
+
+    @property
+    def catalog(self) -> str:
+        return self._name("catalog")
+
+    @property
+    def recommendation_requests(self) -> str:
+        return self._name("recommendation-requests")
+
+    @property
+    def rank_requests(self) -> str:
+        return self._name("rank-requests")
+
+    @property
+    def rank_requests_dlq(self) -> str:
+        return self._name("rank-requests.dlq")
+
+    @property
+    def recommendations(self) -> str:
+        return self._name("recommendations")
+
+    @property
+    def bandit_weights(self) -> str:
+        return self._name("bandit-weights")
+
+    def all(self) -> list[str]:
+        """Every topic streamrec creates."""
+        return [
+            self.events,
+            self.events_dlq,
+            self.catalog,
+            self.recommendation_requests,
+            self.rank_requests,
+            self.rank_requests_dlq,
+            self.recommendations,
+            self.bandit_weights,
+        ]
+
+    def compacted(self) -> set[str]:
+        """Topics that keep only the latest value per key."""
+        return {self.catalog, self.bandit_weights}
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=False).encode("utf-8")
+
+
+def _finite(v: float | None) -> float | None:
+    if v is not None and not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
+class Event(_Message):
+    """A storefront interaction on ``events``. Unknown extra fields are kept."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="allow")
+
+    event_id: str = Field(min_length=1)
+    type: EventType
+    user_id: str = Field(min_length=1)
+    item_id: str = Field(min_length=1)
+    ts: float
+    rec_id: str | None = None
+    session_id: str | None = None
+    price: float | None = None
+    quantity: int | None = None
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _parse_ts(cls, v: Any) -> float:
+        """Epoch seconds (int or float) or an ISO-8601 string (naive = UTC)."""
+        if isinstance(v, bool):
+            raise ValueError("ts must be epoch seconds or an ISO-8601 string, not a boolean")
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise ValueError(f"ts is not ISO-8601: {v!r}") from exc
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=timezone.utc)
+            return dt.timestamp()
+        raise ValueError("ts must be epoch seconds or an ISO-8601 string")
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _price_number(cls, v: Any) -> Any:
+        # Strict mode refuses an int for a float field; a price of 3 is fine.
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("ts", "price")
+    @classmethod
+    def _finite_numbers(cls, v: float | None) -> float | None:
+        return _finite(v)
+
+
+class RecommendationRequest(_Message):
+    """An explicit ask on ``recommendation-requests`` (a page view wants a list)."""
+
+    request_id: str = Field(min_length=1)
+    user_id: str = Field(min_length=1)
+    k: int = Field(10, ge=1, le=1000)
+    context: dict[str, Any] | None = None
+
+
+class Candidate(_Message):
+    """One retrieved item with the retrieval score and which source found it."""
+
+    item_id: str
+    score: float
+    source: str
+
+
+class RankRequest(_Message):
+    """Dataflow -> worker: rank these candidates for this user (``rank-requests``).
+
+    ``request_id`` is unique per trigger: the explicit request's id, or
+    ``evt:<event_id>`` for an event trigger, so a replayed trigger yields the
+    same ``rec_id`` and duplicates can be dropped downstream.
+    """
+
+    request_id: str
+    explicit_request_id: str | None = None
+    user_id: str
+    k: int
+    candidates: list[Candidate]
+    user_vector: list[float] | None = None
+    recent_items: list[str] = Field(default_factory=list)
+    trigger_event_id: str | None = None
+    arrival_ts: float
+    created_ts: float
+    experiment: dict[str, str] = Field(default_factory=dict)
+
+
+class RankedItem(_Message):
+    item_id: str
+    score: float
+    rank: int
+
+
+class Recommendation(_Message):
+    """A published list on ``recommendations`` (the ARCHITECTURE.md shape)."""
+
+    rec_id: str
+    request_id: str | None
+    user_id: str
+    items: list[RankedItem]
+    experiment: dict[str, str]
+    policy: dict[str, Any]
+    model_version: str
+    trigger_event_id: str | None
+    created_ts: float
+    latency_ms: float
+
+
+class DeadLetter(_Message):
+    """A record that could not be processed, as written to a ``*.dlq`` topic."""
+
+    error: str
+    raw: str
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+def rec_id_for(request_id: str) -> str:
+    """Deterministic list id: the same trigger always gives the same ``rec_id``."""
+    return "rec-" + hashlib.sha1(request_id.encode("utf-8")).hexdigest()[:20]
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "record"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _parse(model: type[_Message], raw: bytes | None) -> Any:
+    """Decode JSON bytes into ``model`` or return the reason it failed."""
+    if raw is None:
+        return "empty record (no value)"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8: {exc}"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    if not isinstance(obj, dict):
+        return f"not a JSON object: got {type(obj).__name__}"
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        return _describe(exc)
+
+
+def _dead_letter(
+    error: str, raw: bytes | None, topic: str | None, partition: int | None, offset: int | None
+) -> DeadLetter:
+    text = "" if raw is None else raw.decode("utf-8", errors="replace")
+    return DeadLetter(error=error, raw=text, topic=topic, partition=partition, offset=offset)
+
+
+def parse_event(
+    raw: bytes | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> Event | DeadLetter:
+    """Parse one ``events`` record; never raises.
+
+    >>> parse_event(b'{"event_id":"e1","type":"click","user_id":"u1","item_id":"i1","ts":1}').type
+    'click'
+    >>> parse_event(b'{"event_id":"e1"').error[:8]
+    'not JSON'
+    """
+    result = _parse(Event, raw)
+    if isinstance(result, str):
+        return _dead_letter(result, raw, topic, partition, offset)
+    return result
+
+
+def parse_recommendation_request(
+    raw: bytes | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> RecommendationRequest | DeadLetter:
+    """Parse one ``recommendation-requests`` record; never raises."""
+    result = _parse(RecommendationRequest, raw)
+    if isinstance(result, str):
+        return _dead_letter(result, raw, topic, partition, offset)
+    return result
+
+
+def parse_rank_request(
+    raw: bytes | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> RankRequest | DeadLetter:
+    """Parse one ``rank-requests`` record; never raises."""
+    result = _parse(RankRequest, raw)
+    if isinstance(result, str):
+        return _dead_letter(result, raw, topic, partition, offset)
+    return result

@@ -1,0 +1,85 @@
+"""Typed settings shared by every streamrec process.
+
+Every field has a default and an environment variable ``STREAMREC_<FIELD>``
+(for example ``STREAMREC_BROKERS``). The CLI flags of the same name override
+them; processes started by ``python -m bytewax.run`` read them from the
+environment, which is how ``streamrec dataflow`` hands its flags over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "DEFAULT_EVENT_WEIGHTS", "default_data_dir"]
+
+#: How much one event of each type pulls the user embedding towards the item.
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 0.5,
+    "click": 1.0,
+    "favorite": 2.0,
+    "add_to_cart": 2.0,
+    "purchase": 3.0,
+}
+
+
+def default_data_dir() -> Path:
+    """The shared online-retail data beside the checkout (``../shared/data``)."""
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "online-retail"
+
+
+class Settings(BaseSettings):
+    """All knobs of the dataflow, the worker, replay and the demo."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore")
+
+    # --- Kafka ---
+    brokers: str = Field("", description="Kafka bootstrap servers HOST:PORT,...; empty = embedded")
+    topic_prefix: str = Field("", description="prefix for every topic name (isolates runs)")
+    partitions: int = Field(4, ge=1, description="partitions per topic when streamrec creates them")
+    consumer_session_timeout_ms: int = Field(
+        6000,
+        ge=1000,
+        description="worker consumer-group session timeout; the embedded broker's group "
+        "join waits about half of it",
+    )
+
+    # --- data and model ---
+    data: Path = Field(default_factory=default_data_dir, description="dataset folder")
+    artifact: Path | None = Field(None, description="model artifact folder; None = pretrained")
+    cache_dir: Path = Field(Path(".cache/streamrec"), description="item vectors and indexes")
+    catalog: Path | None = Field(
+        None, description="a built catalog folder (item vectors + FAISS index)"
+    )
+
+    # --- user state and retrieval (dataflow) ---
+    half_life_s: float = Field(7 * 24 * 3600.0, gt=0, description="user embedding half-life")
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    recent_n: int = Field(20, ge=1, description="recent items kept per user")
+    seen_max: int = Field(2000, ge=1, description="seen items kept per user (oldest dropped)")
+    candidates: int = Field(100, ge=1, description="candidates retrieved per request (M)")
+    filter_seen: bool = Field(True, description="drop items the user already interacted with")
+    k: int = Field(10, ge=1, description="list length when a request does not say")
+
+    # --- worker ---
+    batch_size: int = Field(64, ge=1, description="max rank requests per inference batch")
+    max_wait_ms: float = Field(20.0, ge=0, description="max wait to fill a batch")
+    mmr_lambda: float = Field(0.7, ge=0, le=1, description="MMR relevance weight (1 = relevance)")
+    lm_blend: float = Field(
+        0.5, ge=0, le=1, description="weight of the LM history query vs the streamed embedding"
+    )
+    history_items: int = Field(10, ge=1, description="recent item texts the LM reads per user")
+    device: str = Field("auto", description="auto | cpu | cuda")
+
+    # --- observability ---
+    metrics_port: int = Field(9100, ge=0, description="Prometheus /metrics port; 0 = off")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _known_types(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(DEFAULT_EVENT_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown event types in event_weights: {sorted(unknown)}")
+        return {**DEFAULT_EVENT_WEIGHTS, **v}
