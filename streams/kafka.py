@@ -71,7 +71,7 @@ def create_topics(
     ]
     if not new:
         return []
-    for _name, fut in admin.create_topics(new, request_timeout=timeout_s).values():
+    for fut in admin.create_topics(new, request_timeout=timeout_s).values():
         try:
             fut.result(timeout=timeout_s)
         except KafkaException as exc:
