@@ -9,18 +9,39 @@ the same data and model loads it instead of recomputing.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from model.encoder import Encoder
 from streams.catalog import Catalog
 from streams.datasets import Dataset
 
-__all__ = ["catalog_dir", "build_catalog"]
+__all__ = ["catalog_dir", "build_catalog", "derive_categories"]
+
+
+def derive_categories(vectors: np.ndarray, seed: int = 0) -> tuple[list[str | None], str]:
+    """Categories for a catalog that has none: k-means clusters of the item vectors.
+
+    Online-retail has no category field (its README says a grouping must be
+    derived, e.g. from the text). Clusters of the item-text embeddings give
+    the category-aware rerankers (calibration, per-category cap) something to
+    work with; k = sqrt(n / 2), seeded, so the same catalog gives the same
+    clusters. Returns (labels "c<id>", a description for the manifest).
+    """
+    n = len(vectors)
+    k = max(2, round(math.sqrt(n / 2)))
+    if n < 2 * k:
+        return [None] * n, "none (too few items to cluster)"
+    km = faiss.Kmeans(vectors.shape[1], k, niter=25, seed=seed, spherical=True, verbose=False)
+    km.train(vectors)
+    _, labels = km.index.search(vectors, 1)
+    return [f"c{int(c)}" for c in labels[:, 0]], f"derived: spherical k-means, k={k}, seed={seed}"
 
 
 def catalog_dir(cache_dir: Path, dataset: Dataset, encoder: Encoder) -> Path:
@@ -42,6 +63,9 @@ def build_catalog(
     counts = Counter(dataset.interactions.item_id)
     popularity = np.array([counts.get(i, 0) for i in item_ids], dtype=np.float32)
     vectors = encoder.encode(titles, progress=progress)
+    derived = None
+    if all(c is None for c in categories):
+        categories, derived = derive_categories(vectors)
     manifest = {
         "version": f"{encoder.name}@{dataset.fingerprint[:8]}",
         "model": encoder.name,
@@ -52,6 +76,7 @@ def build_catalog(
         "dim": int(vectors.shape[1]),
         "items": len(item_ids),
         "popularity_from": f"{len(dataset.interactions)} interactions of {dataset.name}",
+        "categories": derived or "from the dataset",
         "created_ts": time.time(),
         "build_seconds": round(time.time() - started, 2),
     }

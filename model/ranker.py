@@ -48,7 +48,12 @@ class Ranker:
         out = []
         for request, (rows, scores) in zip(requests, self.scorer.score(requests), strict=True):
             pos = self.reranker.rerank(
-                scores, self.catalog.vectors[rows], request.k, self.trade_off
+                scores,
+                self.catalog.vectors[rows],
+                request.k,
+                self.trade_off,
+                categories=[self.catalog.categories[r] for r in rows],
+                target_mix=request.category_mix,
             )
             out.append([(self.catalog.item_ids[rows[p]], float(scores[p])) for p in pos])
         return out

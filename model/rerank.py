@@ -4,15 +4,36 @@ A reranker turns relevance scores and item vectors into an ordered list of
 ``k`` positions, trading relevance for diversity with one parameter in [0, 1]
 (1 = pure relevance order). ``Reranker.rerank`` validates the inputs and
 owns the contract; subclasses implement ``_rerank``.
+
+=============  ==============================================================
+``relevance``  top-k by score (the reference)
+``mmr``        Maximal Marginal Relevance (Carbonell and Goldstein, 1998)
+``dpp``        fast greedy DPP MAP inference (Chen, Zhang and Zhou, NeurIPS
+               2018), incremental Cholesky, optional sliding window
+``calibrated`` calibration to the user's category mix (Steck, RecSys 2018)
+``category_cap`` at most c items per category, c from the trade-off
+=============  ==============================================================
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Reranker", "MMR", "RelevanceOnly", "RERANKERS", "get_reranker"]
+__all__ = [
+    "Reranker",
+    "RelevanceOnly",
+    "MMR",
+    "DPP",
+    "Calibrated",
+    "CategoryCap",
+    "RERANKERS",
+    "get_reranker",
+]
 
 
 class Reranker(ABC):
@@ -21,12 +42,21 @@ class Reranker(ABC):
     name: str = "base"
 
     def rerank(
-        self, scores: np.ndarray, vectors: np.ndarray, k: int, trade_off: float
+        self,
+        scores: np.ndarray,
+        vectors: np.ndarray,
+        k: int,
+        trade_off: float,
+        categories: Sequence[str | None] | None = None,
+        target_mix: Mapping[str, float] | None = None,
     ) -> np.ndarray:
         """Indices into ``scores`` of the chosen ``min(k, n)`` items, in list order.
 
         ``scores``: (n,) relevance; ``vectors``: (n, d) L2-normalised item
-        vectors (cosine similarity = dot product); ``trade_off`` in [0, 1].
+        vectors (cosine similarity = dot product); ``trade_off`` in [0, 1];
+        ``categories``: each candidate's category (None = unknown), used by the
+        category-aware rerankers; ``target_mix``: the user's category weights
+        (calibration's target distribution).
         """
         scores = np.asarray(scores, dtype=np.float64)
         vectors = np.asarray(vectors, dtype=np.float64)
@@ -39,6 +69,10 @@ class Reranker(ABC):
         k = min(int(k), len(scores))
         if k <= 0:
             return np.zeros(0, dtype=np.int64)
+        if categories is not None and len(categories) != len(scores):
+            raise ValueError(f"categories has {len(categories)} entries for {len(scores)} items")
+        self._categories = list(categories) if categories is not None else [None] * len(scores)
+        self._target_mix = dict(target_mix or {})
         out = np.asarray(self._rerank(scores, vectors, k, trade_off), dtype=np.int64)
         assert len(out) == k and len(set(out.tolist())) == k, "reranker broke its contract"
         return out
@@ -90,7 +124,174 @@ class MMR(Reranker):
         return np.array(chosen)
 
 
-RERANKERS: dict[str, type[Reranker]] = {"relevance": RelevanceOnly, "mmr": MMR}
+class DPP(Reranker):
+    """Fast greedy MAP inference for a DPP (Chen, Zhang and Zhou, NeurIPS 2018).
+
+    Kernel ``L = diag(r) S diag(r)`` with ``S`` the cosine similarity of the
+    item vectors (shifted to [0, 1] so ``L`` stays positive semi-definite) and
+    ``r = exp(alpha * score)``, ``alpha = trade_off / (2 (1 - trade_off))``
+    (the paper's relevance/diversity trade-off). Each step adds the item with
+    the largest marginal gain in ``log det L_Y``, updating the Cholesky factor
+    incrementally: O(k n) per step instead of a determinant per candidate.
+    ``window``: the sliding-window variant for long lists, where only the last
+    ``window`` chosen items must be diverse. ``trade_off = 1`` is the relevance order.
+
+    >>> v = np.array([[1.0, 0.0], [0.99, 0.141], [0.0, 1.0]])
+    >>> DPP().rerank(np.array([0.9, 0.8, 0.5]), v, 2, 0.5).tolist()
+    [0, 2]
+    """
+
+    name = "dpp"
+
+    def __init__(self, window: int | None = None, eps: float = 1e-10) -> None:
+        if window is not None and window < 2:
+            raise ValueError(f"window must be >= 2 (or None), got {window}")
+        self.window = window
+        self.eps = eps
+
+    def _rerank(self, scores, vectors, k, trade_off):
+        if trade_off >= 1.0:
+            return np.argsort(-scores, kind="stable")[:k]
+        alpha = trade_off / (2.0 * (1.0 - trade_off))
+        # Centre the scores so exp() cannot overflow; a common factor only
+        # scales every determinant and does not change the argmax.
+        r = np.exp(alpha * (scores - scores.max()))
+        n = len(scores)
+
+        def kernel_row(j: int) -> np.ndarray:
+            sim = (vectors @ vectors[j] + 1.0) / 2.0
+            return r[j] * r * sim
+
+        chosen: list[int] = []
+        cis = np.zeros((k, n))
+        di2 = r * r  # diag(L): S_ii = 1
+        available = np.ones(n, dtype=bool)
+        # The first pick maximises det L_{i} = r_i^2, i.e. the most relevant
+        # item (at trade_off 0 all tie, and relevance breaks the tie).
+        j = int(np.argmax(scores))
+        while True:
+            chosen.append(j)
+            available[j] = False
+            if len(chosen) == k:
+                break
+            if self.window and len(chosen) >= self.window:
+                # Sliding window: only the last window - 1 chosen items (j
+                # included) constrain the next pick; rebuild their factor.
+                cis, di2 = self._refactor(chosen[1 - self.window :], kernel_row, r, n, k)
+            else:
+                m = len(chosen) - 1
+                e = (kernel_row(j) - cis[:m].T @ cis[:m, j]) / math.sqrt(max(di2[j], self.eps))
+                cis[m] = e
+                di2 = di2 - e * e
+            gains = np.where(available, di2, -np.inf)
+            j = int(np.argmax(gains))
+            if gains[j] <= self.eps:
+                # Every remaining item is (numerically) spanned by the chosen
+                # ones: fill the list by relevance.
+                rest = [i for i in np.argsort(-scores, kind="stable") if available[i]]
+                chosen += [int(i) for i in rest[: k - len(chosen)]]
+                break
+        return np.array(chosen)
+
+    def _refactor(self, items, kernel_row, r, n, k):
+        """Cholesky state for ``items`` alone (the sliding window), from scratch."""
+        cis = np.zeros((k, n))
+        di2 = r * r
+        for m, j in enumerate(items):
+            e = (kernel_row(j) - cis[:m].T @ cis[:m, j]) / math.sqrt(max(di2[j], self.eps))
+            cis[m] = e
+            di2 = di2 - e * e
+        return cis, di2
+
+
+class Calibrated(Reranker):
+    """Calibrated recommendations (Steck, RecSys 2018), greedy.
+
+    Maximises ``(1 - w) * sum(score) - w * KL(p || q~)`` where ``p`` is the
+    user's category mix, ``q`` the list's category mix (each item counting
+    once), ``q~ = (1 - a) q + a p`` with ``a = 0.01`` so the KL is finite,
+    and ``w = 1 - trade_off``. Without a target mix (cold user) or categories
+    it is the relevance order.
+    """
+
+    name = "calibrated"
+    smoothing = 0.01
+
+    def _rerank(self, scores, vectors, k, trade_off):
+        cats = self._categories
+        target = {c: w for c, w in self._target_mix.items() if w > 0}
+        if trade_off >= 1.0 or not target or all(c is None for c in cats):
+            return np.argsort(-scores, kind="stable")[:k]
+        total = sum(target.values())
+        p = {c: w / total for c, w in target.items()}
+        w_kl = 1.0 - trade_off
+        chosen: list[int] = []
+        mass: Counter[str] = Counter()
+        rel = 0.0
+        for _ in range(k):
+            best, best_val = -1, -np.inf
+            for i in range(len(scores)):
+                if i in chosen:
+                    continue
+                c = cats[i]
+                trial = mass.copy()
+                if c is not None:
+                    trial[c] += 1.0
+                val = (1 - w_kl) * (rel + scores[i]) - w_kl * self._kl(p, trial)
+                if val > best_val:
+                    best, best_val = i, val
+            chosen.append(best)
+            rel += scores[best]
+            if cats[best] is not None:
+                mass[cats[best]] += 1.0
+        return np.array(chosen)
+
+    def _kl(self, p: Mapping[str, float], mass: Mapping[str, float]) -> float:
+        total = sum(mass.values())
+        a = self.smoothing
+        kl = 0.0
+        for c, pc in p.items():
+            q = mass.get(c, 0.0) / total if total else 0.0
+            kl += pc * math.log(pc / ((1 - a) * q + a * pc))
+        return kl
+
+
+class CategoryCap(Reranker):
+    """At most ``c`` items per category, in relevance order.
+
+    ``c = max(1, round(1 + trade_off * (k - 1)))``: trade_off 1 allows k of one
+    category (the relevance order), 0 allows one per category. Items without
+    a category are never capped. When the cap cannot fill the list, the best
+    remaining items fill it.
+    """
+
+    name = "category_cap"
+
+    def _rerank(self, scores, vectors, k, trade_off):
+        cap = max(1, round(1 + trade_off * (k - 1)))
+        order = np.argsort(-scores, kind="stable")
+        used: Counter[str] = Counter()
+        chosen: list[int] = []
+        for i in order:
+            c = self._categories[i]
+            if c is None or used[c] < cap:
+                chosen.append(int(i))
+                if c is not None:
+                    used[c] += 1
+                if len(chosen) == k:
+                    return np.array(chosen)
+        taken = set(chosen)
+        chosen += [int(i) for i in order if i not in taken][: k - len(chosen)]
+        return np.array(chosen)
+
+
+RERANKERS: dict[str, type[Reranker]] = {
+    "relevance": RelevanceOnly,
+    "mmr": MMR,
+    "dpp": DPP,
+    "calibrated": Calibrated,
+    "category_cap": CategoryCap,
+}
 
 
 def get_reranker(name: str) -> Reranker:

@@ -17,6 +17,13 @@ from typing import Annotated
 import click
 import typer
 
+from streams.settings import Settings
+
+try:  # recent typer parses with its own copy of click, whose errors are not click's
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # older typer parses with click itself
+    _TyperUsageError = click.UsageError
+
 app = typer.Typer(
     name="streamrec",
     help="Streaming, real-time recommender: Kafka + Bytewax + a transformer LM ranker.",
@@ -46,14 +53,18 @@ Rate = Annotated[float, _opt("rate", "Events per second (0 = as fast as possible
 Device = Annotated[str, _opt("device", "auto | cpu | cuda")]
 
 
-def _settings(**overrides: object):
-    """Settings from the environment with the given flags on top (None = not given)."""
-    from streams.settings import Settings
+def _d(name: str) -> object:
+    """The default of a Settings field: the CLI and the processes share one source."""
+    field = Settings.model_fields[name]
+    return field.default_factory() if field.default_factory else field.default
 
+
+def _settings(**overrides: object) -> Settings:
+    """Settings from the environment with the given flags on top (None = not given)."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def settings_env(settings) -> dict[str, str]:
+def settings_env(settings: Settings) -> dict[str, str]:
     """Settings as STREAMREC_* variables, to hand them to a child process."""
     env = {}
     for name, value in settings.model_dump().items():
@@ -67,7 +78,7 @@ def settings_env(settings) -> dict[str, str]:
 
 @app.command()
 def broker(
-    partitions: Partitions = 4,
+    partitions: Partitions = _d("partitions"),
     topic_prefix: TopicPrefix = "",
     port: Annotated[int, _opt("port", "Port on 127.0.0.1 (0 = a free one)")] = 0,
 ) -> None:
@@ -91,8 +102,8 @@ def broker(
 def index(
     data: Data = None,
     artifact: Artifact = None,
-    cache_dir: CacheDir = Path(".cache/streamrec"),
-    device: Device = "auto",
+    cache_dir: CacheDir = _d("cache_dir"),
+    device: Device = _d("device"),
 ) -> None:
     """Embed every item of a dataset and build the FAISS index (cached)."""
     from model.encoder import Encoder
@@ -169,10 +180,16 @@ def worker(
     artifact: Artifact = None,
     topic_prefix: TopicPrefix = "",
     metrics_port: MetricsPort = 9200,
-    batch_size: Annotated[int, _opt("batch-size", "Max rank requests per micro-batch")] = 64,
-    max_wait_ms: Annotated[float, _opt("max-wait-ms", "Max wait to fill a batch")] = 20.0,
-    mmr_lambda: Annotated[float, _opt("mmr-lambda", "MMR relevance weight in [0, 1]")] = 0.7,
-    device: Device = "auto",
+    batch_size: Annotated[int, _opt("batch-size", "Max rank requests per micro-batch")] = _d(
+        "batch_size"
+    ),
+    max_wait_ms: Annotated[float, _opt("max-wait-ms", "Max wait to fill a batch")] = _d(
+        "max_wait_ms"
+    ),
+    mmr_lambda: Annotated[float, _opt("mmr-lambda", "MMR relevance weight in [0, 1]")] = _d(
+        "mmr_lambda"
+    ),
+    device: Device = _d("device"),
 ) -> None:
     """Run the inference worker: rank-requests -> recommendations."""
     import logging
@@ -198,12 +215,12 @@ def worker(
 
 @app.command()
 def demo(
-    events: Annotated[int, _opt("events", "How many online-retail events to replay")] = 3000,
-    rate: Rate = 0.0,
+    events: Annotated[int, _opt("events", "How many events of the dataset to replay")] = 3000,
+    rate: Annotated[float, _opt("rate", "Events per second (0 = as fast as possible)")] = 100.0,
     data: Data = None,
-    partitions: Partitions = 4,
-    cache_dir: CacheDir = Path(".cache/streamrec"),
-    metrics_port: MetricsPort = 9100,
+    partitions: Partitions = _d("partitions"),
+    cache_dir: CacheDir = _d("cache_dir"),
+    metrics_port: MetricsPort = _d("metrics_port"),
 ) -> None:
     """Everything embedded: broker, dataflow, worker, replay, live progress, report."""
     from streamrec.demo import run_demo
@@ -215,14 +232,16 @@ def demo(
 def main() -> None:
     """Console-script entry: map failures to exit 1 with a one-line reason."""
     try:
-        app(standalone_mode=False)
-    except click.UsageError as exc:
+        # Not standalone, typer returns an Exit's code (130 for Ctrl-C) instead of exiting.
+        code = app(standalone_mode=False)
+    except (click.UsageError, _TyperUsageError) as exc:
         exc.show()
         sys.exit(2)
-    except (click.Abort, KeyboardInterrupt):
+    except (click.Abort, typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         typer.echo(f"streamrec: error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -114,6 +114,15 @@ class _Message(BaseModel):
         return self.model_dump_json(exclude_none=False).encode("utf-8")
 
 
+def _as_float(v: int | float, name: str) -> float:
+    # float() of a huge int raises OverflowError, which pydantic does not turn into
+    # a validation error: it would escape the "never raises" parse functions.
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"{name} is too large for a float") from None
+
+
 def _finite(v: float | None) -> float | None:
     if v is not None and not math.isfinite(v):
         raise ValueError("must be a finite number")
@@ -142,7 +151,7 @@ class Event(_Message):
         if isinstance(v, bool):
             raise ValueError("ts must be epoch seconds or an ISO-8601 string, not a boolean")
         if isinstance(v, (int, float)):
-            return float(v)
+            return _as_float(v, "ts")
         if isinstance(v, str):
             try:
                 dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
@@ -157,7 +166,7 @@ class Event(_Message):
     @classmethod
     def _price_number(cls, v: Any) -> Any:
         # Strict mode refuses an int for a float field; a price of 3 is fine.
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        return _as_float(v, "price") if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("ts", "price")
     @classmethod
@@ -197,6 +206,7 @@ class RankRequest(_Message):
     candidates: list[Candidate]
     user_vector: list[float] | None = None
     recent_items: list[str] = Field(default_factory=list)
+    category_mix: dict[str, float] = Field(default_factory=dict)
     trigger_event_id: str | None = None
     arrival_ts: float
     created_ts: float
@@ -259,6 +269,8 @@ def _parse(model: type[_Message], raw: bytes | None) -> Any:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except (ValueError, RecursionError) as exc:  # an int over the digit limit, deep nesting
+        return f"not JSON: {exc}"
     if not isinstance(obj, dict):
         return f"not a JSON object: got {type(obj).__name__}"
     try:

@@ -138,6 +138,7 @@ class UserStep:
             candidates=retrieve(state, self.catalog, s.candidates, s.filter_seen),
             user_vector=None if vector is None else [round(float(x), 6) for x in vector],
             recent_items=state.recent_items()[: s.history_items],
+            category_mix=state.category_mix(),
             trigger_event_id=trigger_event_id,
             arrival_ts=arrival_ts,
             created_ts=time.time(),

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     lm_blend: float = Field(
         0.5, ge=0, le=1, description="weight of the LM history query vs the streamed embedding"
     )
-    history_items: int = Field(10, ge=1, description="recent item texts the LM reads per user")
+    history_items: int = Field(5, ge=1, description="recent item texts the LM reads per user")
     device: str = Field("auto", description="auto | cpu | cuda")
 
     # --- observability ---

@@ -55,6 +55,11 @@ class UserState:
         norm = float(np.linalg.norm(self.embedding))
         return None if norm == 0.0 else (self.embedding / norm).astype(np.float32)
 
+    def category_mix(self, top: int = 20) -> dict[str, float]:
+        """The ``top`` heaviest categories with their decayed weights (bounded for the wire)."""
+        heaviest = sorted(self.categories.items(), key=lambda kv: -kv[1])[:top]
+        return {c: round(w, 6) for c, w in heaviest if w > 0}
+
     def recent_items(self) -> list[str]:
         """Recent distinct items, most recent first."""
         out: list[str] = []
@@ -84,6 +89,8 @@ def update_state(state: UserState, event: Event, catalog: Catalog, cfg: StateCon
 
     decay = _decay(state, event.ts, cfg.half_life_s)
     weight = cfg.event_weights.get(event.type, 1.0)
+    # The category mix decays on the same clock as the embedding, whatever the item.
+    state.categories = {c: w * decay for c, w in state.categories.items()}
     row = catalog.row.get(event.item_id)
     if row is not None:
         vec = catalog.vectors[row]
@@ -92,7 +99,6 @@ def update_state(state: UserState, event: Event, catalog: Catalog, cfg: StateCon
         state.embedding = (state.embedding * decay + weight * vec).astype(np.float32)
         category = catalog.categories[row]
         if category is not None:
-            state.categories = {c: w * decay for c, w in state.categories.items()}
             state.categories[category] = state.categories.get(category, 0.0) + weight
     elif state.embedding is not None:
         state.embedding = (state.embedding * decay).astype(np.float32)
