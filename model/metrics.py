@@ -5,6 +5,12 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
+    "ARM_PICKS",
+    "LIST_ILD",
+    "CATALOG_COVERAGE",
+    "CONSUMER_LAG",
+    "QUEUE_DEPTH",
+    "MODEL_RELOADS",
     "REQUESTS_CONSUMED",
     "RECOMMENDATIONS",
     "DEAD_LETTERS",
@@ -20,7 +26,33 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 REQUESTS_CONSUMED = Counter("streamrec_worker_rank_requests_total", "Rank requests consumed")
 RECOMMENDATIONS = Counter(
-    "streamrec_recommendations_published_total", "Recommendation lists published"
+    "streamrec_recommendations_published_total",
+    "Recommendation lists published (= lists shown), per experiment variant",
+    ["experiment", "variant"],
+)
+ARM_PICKS = Counter(
+    "streamrec_bandit_arm_picks_total",
+    "Lists per diversity arm chosen by the worker (fixed or bandit), per segment",
+    ["segment", "arm"],
+)
+LIST_ILD = Gauge(
+    "streamrec_list_ild",
+    "Rolling mean intra-list diversity (1 - cosine, catalog vectors) of the last 1000 lists",
+)
+CATALOG_COVERAGE = Gauge(
+    "streamrec_catalog_coverage_ratio",
+    "Distinct items in the last 1000 lists / catalog size",
+)
+CONSUMER_LAG = Gauge(
+    "streamrec_worker_consumer_lag",
+    "Records behind the partition end on rank-requests (librdkafka statistics)",
+    ["partition"],
+)
+QUEUE_DEPTH = Gauge(
+    "streamrec_worker_queue_depth", "Rank requests in the micro-batch being processed"
+)
+MODEL_RELOADS = Counter(
+    "streamrec_model_reloads_total", "Times the worker loaded a newer model artifact"
 )
 DEAD_LETTERS = Counter(
     "streamrec_worker_dlq_records_total", "Rank requests the worker could not parse (to DLQ)"

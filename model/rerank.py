@@ -33,7 +33,21 @@ __all__ = [
     "CategoryCap",
     "RERANKERS",
     "get_reranker",
+    "intra_list_diversity",
 ]
+
+
+def intra_list_diversity(vectors: np.ndarray) -> float:
+    """Mean pairwise cosine distance (1 - cos) of L2-normalised ``vectors``; 0 below 2 items.
+
+    >>> intra_list_diversity(np.eye(3))
+    1.0
+    """
+    n = len(vectors)
+    if n < 2:
+        return 0.0
+    sims = np.asarray(vectors, np.float64) @ np.asarray(vectors, np.float64).T
+    return float(1.0 - (sims.sum() - np.trace(sims)) / (n * (n - 1)))
 
 
 class Reranker(ABC):

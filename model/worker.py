@@ -16,22 +16,24 @@ Several workers share ``rank-requests`` through one consumer group.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from types import FrameType
 
+import numpy as np
 from confluent_kafka import Message
 
 from model import metrics
 from model.encoder import Encoder
 from model.ranker import Ranker
-from model.rerank import MMR
+from model.rerank import MMR, intra_list_diversity
 from model.scoring import TwoTowerScorer
 from streams.catalog import Catalog, CatalogNotFound
-from streams.contracts import DeadLetter, RankRequest, Topics, parse_rank_request
+from streams.contracts import DeadLetter, RankRequest, Recommendation, Topics, parse_rank_request
 from streams.kafka import consumer, producer
 from streams.settings import Settings
 
@@ -65,6 +67,9 @@ class Worker:
         self.topics = Topics(settings.topic_prefix)
         self.ranker = ranker or build_ranker(settings, Catalog.load(settings.catalog))
         self._answered: OrderedDict[str, None] = OrderedDict()
+        self._catalog = self.ranker.catalog
+        self._recent_lists: deque[list[int]] = deque(maxlen=1000)
+        self._recent_ild: deque[float] = deque(maxlen=1000)
         self._stop = threading.Event()
         device = getattr(getattr(self.ranker.scorer, "encoder", None), "device", "cpu")
         metrics.MODEL_INFO.labels(self.ranker.model_version, str(device)).set(1)
@@ -101,6 +106,7 @@ class Worker:
             elif self._fresh(parsed):
                 requests.append(parsed)
         metrics.REQUESTS_CONSUMED.inc(len(messages))
+        metrics.QUEUE_DEPTH.set(len(requests))
         if requests:
             started = time.perf_counter()
             recs = self.ranker.recommend(requests)
@@ -108,9 +114,29 @@ class Worker:
             metrics.BATCH_SIZE.observe(len(requests))
             for rec in recs:
                 out.append((self.topics.recommendations, rec.to_bytes(), rec.user_id.encode()))
-                metrics.EVENT_TO_RECOMMENDATION_SECONDS.observe(rec.latency_ms / 1000.0)
-            metrics.RECOMMENDATIONS.inc(len(recs))
+                self._observe(rec)
         return out
+
+    def _lag_from_stats(self, stats_json: str) -> None:
+        """librdkafka statistics -> per-partition lag (the broker's high mark, when known)."""
+        parts = json.loads(stats_json).get("topics", {}).get(self.topics.rank_requests, {})
+        for p, st in parts.get("partitions", {}).items():
+            if p != "-1" and st.get("consumer_lag", -1) >= 0:
+                metrics.CONSUMER_LAG.labels(p).set(st["consumer_lag"])
+
+    def _observe(self, rec: Recommendation) -> None:
+        """Per-list metrics: latency, variant, arm, rolling diversity and coverage."""
+        metrics.EVENT_TO_RECOMMENDATION_SECONDS.observe(rec.latency_ms / 1000.0)
+        metrics.RECOMMENDATIONS.labels(
+            rec.experiment.get("name", ""), rec.experiment.get("variant", "")
+        ).inc()
+        metrics.ARM_PICKS.labels(str(rec.policy.get("segment", "all")), rec.policy["arm"]).inc()
+        rows = [self._catalog.row[x.item_id] for x in rec.items if x.item_id in self._catalog.row]
+        self._recent_lists.append(rows)
+        self._recent_ild.append(intra_list_diversity(self._catalog.vectors[rows]))
+        metrics.LIST_ILD.set(float(np.mean(self._recent_ild)))
+        distinct = {r for lst in self._recent_lists for r in lst}
+        metrics.CATALOG_COVERAGE.set(len(distinct) / max(1, len(self._catalog)))
 
     def run(self) -> None:
         """The consume -> rank -> produce -> commit loop, until ``stop()``."""
@@ -119,7 +145,11 @@ class Worker:
         cons = consumer(
             s.brokers,
             WORKER_GROUP + (f"-{s.topic_prefix}" if s.topic_prefix else ""),
-            **{"session.timeout.ms": s.consumer_session_timeout_ms},
+            **{
+                "session.timeout.ms": s.consumer_session_timeout_ms,
+                "statistics.interval.ms": 5000,
+                "stats_cb": self._lag_from_stats,
+            },
         )
         prod = producer(s.brokers)
         cons.subscribe([self.topics.rank_requests])

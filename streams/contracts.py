@@ -15,6 +15,7 @@ Topics (names get ``Settings.topic_prefix`` in front):
 ``rank-requests.dlq``        internal: rank requests the worker could not parse
 ``recommendations``          output lists (key = user_id)
 ``bandit-weights``           internal: per-segment bandit statistics (compacted)
+``outcomes``                 interactions attributed to a shown list (key = user_id)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "RankRequest",
     "RankedItem",
     "Recommendation",
+    "Outcome",
     "DeadLetter",
     "parse_event",
     "parse_recommendation_request",
@@ -89,6 +91,10 @@ class Topics:
     def bandit_weights(self) -> str:
         return self._name("bandit-weights")
 
+    @property
+    def outcomes(self) -> str:
+        return self._name("outcomes")
+
     def all(self) -> list[str]:
         """Every topic streamrec creates."""
         return [
@@ -100,6 +106,7 @@ class Topics:
             self.rank_requests_dlq,
             self.recommendations,
             self.bandit_weights,
+            self.outcomes,
         ]
 
     def compacted(self) -> set[str]:
@@ -232,6 +239,27 @@ class Recommendation(_Message):
     trigger_event_id: str | None
     created_ts: float
     latency_ms: float
+
+
+class Outcome(_Message):
+    """An interaction attributed to a shown list, on ``outcomes`` (key = user_id).
+
+    Emitted once per (rec_id, item_id, type): ``attributed_by`` says whether
+    the event carried the list's ``rec_id`` or hit an item of the user's last
+    shown list inside the attribution window. ``revenue`` = price x quantity
+    for purchases that carry both, else None.
+    """
+
+    rec_id: str
+    user_id: str
+    item_id: str
+    type: EventType
+    event_id: str
+    ts: float
+    experiment: dict[str, str]
+    policy: dict[str, Any]
+    revenue: float | None = None
+    attributed_by: Literal["rec_id", "window"]
 
 
 class DeadLetter(_Message):

@@ -1,14 +1,21 @@
 """Prometheus metrics of the dataflow process (``streamrec_`` prefix, base units).
 
 Labels never carry user or item ids: only bounded sets (event type, topic,
-trigger kind).
+trigger kind, experiment and variant names from the config, segment and arm
+names from the bandit config). Bytewax's own ``bytewax_kafka_consumer_lag``
+(per step, topic and partition) is served from the same endpoint.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 __all__ = [
+    "OUTCOMES",
+    "REVENUE",
+    "BANDIT_PULLS",
+    "BANDIT_REWARD",
+    "BANDIT_MEAN_REWARD",
     "EVENTS",
     "DEAD_LETTERS",
     "DUPLICATE_EVENTS",
@@ -31,6 +38,28 @@ UNKNOWN_ITEMS = Counter(
 )
 RANK_REQUESTS = Counter(
     "streamrec_rank_requests_total", "Rank requests sent to the worker, by trigger", ["trigger"]
+)
+
+OUTCOMES = Counter(
+    "streamrec_attributed_outcomes_total",
+    "Interactions attributed to a shown list (once per rec_id, item, type)",
+    ["experiment", "variant", "type"],
+)
+REVENUE = Counter(
+    "streamrec_attributed_revenue_total",
+    "price x quantity of attributed purchases (currency units of the events)",
+    ["experiment", "variant"],
+)
+BANDIT_PULLS = Counter(
+    "streamrec_bandit_pulls_total",
+    "Closed lists per segment and arm (a pull whose reward is known)",
+    ["segment", "arm"],
+)
+BANDIT_REWARD = Counter(
+    "streamrec_bandit_reward_total", "Reward credited per segment and arm", ["segment", "arm"]
+)
+BANDIT_MEAN_REWARD = Gauge(
+    "streamrec_bandit_mean_reward", "Mean reward per pull, per segment and arm", ["segment", "arm"]
 )
 
 _served: set[int] = set()

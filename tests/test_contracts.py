@@ -345,6 +345,7 @@ def test_topic_names() -> None:
         "rank-requests.dlq",
         "recommendations",
         "bandit-weights",
+        "outcomes",
     ]
     assert t.compacted() == {"catalog", "bandit-weights"}
 

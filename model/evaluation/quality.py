@@ -1,0 +1,238 @@
+"""Per-list quality metrics and their aggregation (EVALUATION.md).
+
+Every metric scores one ranked list: ``ranked`` is the recommended item codes,
+best first; ``relevant`` is the item codes that count as hits. Accuracy metrics
+use binary relevance. :class:`QualityAccumulator` averages the per-list values
+over the test cases of a protocol run and adds catalog coverage, which is a
+property of all lists together.
+
+Diversity is measured with :class:`ReferenceEmbeddings`, the pretrained
+all-MiniLM-L6-v2 vectors of the item text, never a system's own model, so a
+model cannot grade itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from model.encoder import Encoder
+    from streams.datasets import Item
+
+__all__ = [
+    "hr_at_k",
+    "recall_at_k",
+    "ndcg_at_k",
+    "mrr_at_k",
+    "ild",
+    "category_count",
+    "novelty",
+    "catalog_coverage",
+    "QualityAccumulator",
+    "ReferenceEmbeddings",
+]
+
+
+def _hits(
+    ranked: Sequence[int] | np.ndarray, relevant: Sequence[int] | np.ndarray, k: int
+) -> np.ndarray:
+    return np.isin(np.asarray(ranked)[:k], np.asarray(relevant))
+
+
+def hr_at_k(ranked: Sequence[int], relevant: Sequence[int], k: int = 10) -> float:
+    """1 when any relevant item is in the top ``k``, else 0.
+
+    >>> hr_at_k([5, 3, 9], [9, 1], k=3), hr_at_k([5, 3, 9], [9, 1], k=2)
+    (1.0, 0.0)
+    """
+    return float(_hits(ranked, relevant, k).any())
+
+
+def recall_at_k(ranked: Sequence[int], relevant: Sequence[int], k: int = 10) -> float:
+    """Hits in the top ``k`` divided by ``min(k, |relevant|)``; equals HR for one target.
+
+    >>> recall_at_k([5, 3, 9], [9, 3, 1, 2], k=3)  # 2 hits / min(3, 4)
+    0.6666666666666666
+    >>> recall_at_k([5, 3, 9], [7], k=3)
+    0.0
+    """
+    n_relevant = len(np.unique(np.asarray(relevant)))
+    if n_relevant == 0:
+        return 0.0
+    return float(_hits(ranked, relevant, k).sum()) / min(k, n_relevant)
+
+
+def ndcg_at_k(ranked: Sequence[int], relevant: Sequence[int], k: int = 10) -> float:
+    """Binary-relevance NDCG: sum of ``1/log2(rank+1)`` over hits, over the ideal DCG.
+
+    The ideal DCG puts ``min(k, |relevant|)`` hits at the top, so with one target
+    this is ``1/log2(rank+1)``.
+
+    >>> ndcg_at_k([5, 3, 9], [3], k=10)  # rank 2
+    0.6309297535714575
+    >>> round(ndcg_at_k([5, 3, 9], [5, 9], k=10), 4)  # (1 + 1/2) / (1 + 1/log2(3))
+    0.9197
+    """
+    n_relevant = len(np.unique(np.asarray(relevant)))
+    if n_relevant == 0:
+        return 0.0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    hits = _hits(ranked, relevant, k)
+    return float(discounts[: len(hits)][hits].sum() / discounts[: min(k, n_relevant)].sum())
+
+
+def mrr_at_k(ranked: Sequence[int], relevant: Sequence[int], k: int = 10) -> float:
+    """``1/rank`` of the first relevant item in the top ``k``, 0 when none is.
+
+    >>> mrr_at_k([5, 3, 9], [9, 3], k=10)
+    0.5
+    """
+    hits = np.flatnonzero(_hits(ranked, relevant, k))
+    return 1.0 / (int(hits[0]) + 1) if len(hits) else 0.0
+
+
+def ild(vectors: np.ndarray) -> float:
+    """Mean pairwise cosine distance ``1 - cos`` between the rows (L2-normalised).
+
+    NaN for fewer than two rows (no pair to compare).
+
+    >>> v = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    >>> round(ild(v), 4)  # pairs: 1, 0, 1
+    0.6667
+    """
+    n = len(vectors)
+    if n < 2:
+        return float("nan")
+    gram = vectors @ vectors.T
+    return float((n * (n - 1) - (gram.sum() - np.trace(gram))) / (n * (n - 1)))
+
+
+def category_count(categories: Sequence[str | None]) -> int:
+    """Distinct known categories in a list (None = unknown, not counted).
+
+    >>> category_count(["a", "b", "a", None])
+    2
+    """
+    return len({c for c in categories if c is not None})
+
+
+def novelty(ranked: Sequence[int], item_users: np.ndarray, n_users: int) -> float:
+    """Mean ``-log2(share of users who interacted)`` over the list's items.
+
+    ``item_users[i]`` is how many distinct users interacted with item ``i``; an
+    item no one touched counts as one user.
+
+    >>> novelty([0, 1], np.array([4, 0]), n_users=8)  # (-log2(4/8) - log2(1/8)) / 2
+    2.0
+    """
+    counts = np.maximum(np.asarray(item_users)[np.asarray(ranked, dtype=np.int64)], 1)
+    if len(counts) == 0:
+        return float("nan")
+    return float(np.mean(-np.log2(counts / n_users)))
+
+
+def catalog_coverage(lists: Sequence[Sequence[int]], n_candidates: int) -> float:
+    """Distinct items recommended over all lists, over the number of candidate items.
+
+    >>> catalog_coverage([[0, 1], [1, 2]], n_candidates=6)
+    0.5
+    """
+    seen = {int(i) for ranked in lists for i in ranked}
+    return len(seen) / n_candidates if n_candidates else 0.0
+
+
+class QualityAccumulator:
+    """Collects per-list metrics over a protocol run and summarises them.
+
+    ``vectors`` (rows = item codes, L2-normalised reference embeddings) enables
+    ILD; ``categories`` (per item code) enables category coverage. NaN values
+    (a list too short for ILD) are left out of the mean.
+
+    >>> acc = QualityAccumulator(k=2)
+    >>> acc.add([0, 1], [1], item_users=np.array([2, 2, 1]), n_users=4)
+    >>> acc.add([2, 0], [1], item_users=np.array([2, 2, 1]), n_users=4)
+    >>> s = acc.summary(n_candidates=3)
+    >>> s["n"], s["recall@2"], round(s["ndcg@2"], 4), s["mrr@2"], s["catalog_coverage"]
+    (2, 0.5, 0.3155, 0.25, 1.0)
+    """
+
+    def __init__(
+        self,
+        k: int = 10,
+        vectors: np.ndarray | None = None,
+        categories: Sequence[str | None] | None = None,
+    ) -> None:
+        self.k = k
+        self.vectors = vectors
+        self.categories = categories
+        self._values: dict[str, list[float]] = {}
+        self._recommended: set[int] = set()
+
+    def _put(self, name: str, value: float) -> None:
+        self._values.setdefault(name, []).append(value)
+
+    def add(
+        self,
+        ranked: Sequence[int] | np.ndarray,
+        relevant: Sequence[int] | np.ndarray,
+        item_users: np.ndarray,
+        n_users: int,
+    ) -> None:
+        """Score one list; ``item_users``/``n_users`` are the novelty counts at that time."""
+        k = self.k
+        ranked = np.asarray(ranked, dtype=np.int64)[:k]
+        self._put(f"hr@{k}", hr_at_k(ranked, relevant, k))
+        self._put(f"recall@{k}", recall_at_k(ranked, relevant, k))
+        self._put(f"ndcg@{k}", ndcg_at_k(ranked, relevant, k))
+        self._put(f"mrr@{k}", mrr_at_k(ranked, relevant, k))
+        self._put(f"novelty@{k}", novelty(ranked, item_users, n_users))
+        if self.vectors is not None:
+            self._put(f"ild@{k}", ild(self.vectors[ranked]))
+        if self.categories is not None:
+            categories = [self.categories[i] for i in ranked]
+            self._put(f"category_coverage@{k}", category_count(categories))
+        self._recommended.update(ranked.tolist())
+
+    @property
+    def n(self) -> int:
+        return len(self._values.get(f"hr@{self.k}", ()))
+
+    def summary(self, n_candidates: int) -> dict[str, float]:
+        """Means of the per-list metrics, catalog coverage and ``n`` (test cases)."""
+        out: dict[str, float] = {"n": self.n}
+        for name, values in self._values.items():
+            arr = np.asarray(values, dtype=np.float64)
+            arr = arr[~np.isnan(arr)]
+            out[name] = float(arr.mean()) if len(arr) else float("nan")
+        out["catalog_coverage"] = catalog_coverage([sorted(self._recommended)], n_candidates)
+        return out
+
+
+class ReferenceEmbeddings:
+    """Pretrained all-MiniLM-L6-v2 vectors of item text, computed once per item id.
+
+    The encoder is loaded on first use (it imports torch), so building one is cheap.
+    """
+
+    def __init__(self, items: Mapping[str, Item], encoder: Encoder | None = None) -> None:
+        self.items = items
+        self._encoder = encoder
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Float32 ``(len(item_ids), 384)``, rows L2-normalised, in ``item_ids`` order."""
+        missing = list(dict.fromkeys(i for i in item_ids if i not in self._cache))
+        if missing:
+            if self._encoder is None:
+                from model.encoder import Encoder
+
+                self._encoder = Encoder()
+            texts = [self.items[i].title if i in self.items else i for i in missing]
+            vectors = self._encoder.encode(texts)
+            self._cache.update(zip(missing, vectors, strict=True))
+        if not item_ids:
+            return np.zeros((0, 384), dtype=np.float32)
+        return np.stack([self._cache[i] for i in item_ids]).astype(np.float32)

@@ -1,0 +1,245 @@
+"""Experiments, diversity arms and the bandit, declared in one YAML file.
+
+The file (``STREAMREC_EXPERIMENTS``; ``experiments.example.yaml`` documents
+every key) says which diversity arms exist, how the bandit explores them and
+attributes rewards, and which A/B experiments split the traffic. Loading it
+validates everything with a clear message: unknown keys, weights that do not
+sum to 1, experiments whose traffic shares overlap, unknown rerankers.
+
+Assignment is a pure function of (salt, user_id): a user stays in one
+variant across restarts, processes and machines.
+
+>>> cfg = PolicyConfig.model_validate({"experiments": [{"name": "div", "salt": "s1",
+...     "variants": [{"name": "control", "weight": 0.5, "reranker": "mmr", "lambda": 0.7},
+...                  {"name": "bandit", "weight": 0.5, "policy": "bandit"}]}]})
+>>> assign(cfg, "u42") == assign(cfg, "u42")
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "Arm",
+    "BanditConfig",
+    "AttributionConfig",
+    "Variant",
+    "Experiment",
+    "PolicyConfig",
+    "ConfigError",
+    "load_config",
+    "assign",
+    "NO_EXPERIMENT",
+    "RERANKER_NAMES",
+]
+
+#: Names the worker's reranker registry knows (kept here so the dataflow,
+#: which never imports the model package, can validate a config).
+RERANKER_NAMES = ("relevance", "mmr", "dpp", "calibrated", "category_cap")
+
+#: The experiment stamp of a user outside every experiment's traffic.
+NO_EXPERIMENT = {"name": "none", "variant": "default"}
+
+
+class ConfigError(ValueError):
+    """The experiments file is invalid; the message says which key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Arm(_Strict):
+    """A diversity arm: a reranker and its trade-off (1 = relevance order)."""
+
+    reranker: str = "mmr"
+    trade_off: float = Field(0.7, ge=0.0, le=1.0, alias="lambda")
+
+    @property
+    def name(self) -> str:
+        return f"{self.reranker}:{self.trade_off:g}"
+
+    @model_validator(mode="after")
+    def _known(self) -> Arm:
+        if self.reranker not in RERANKER_NAMES:
+            raise ValueError(f"unknown reranker {self.reranker!r}; known: {RERANKER_NAMES}")
+        return self
+
+
+class BanditConfig(_Strict):
+    """How the bandit explores the arms, per segment of users."""
+
+    policy: Literal["thompson", "ucb", "linucb"] = "thompson"
+    min_exploration: float = Field(0.05, ge=0.0, le=1.0)
+    segment_features: list[Literal["history", "entropy", "returning"]] = Field(
+        default_factory=lambda: ["history", "entropy", "returning"]
+    )
+    history_buckets: list[int] = Field(default_factory=lambda: [3, 20])
+    entropy_buckets: list[float] = Field(default_factory=lambda: [0.5, 1.2])
+    session_gap_s: float = Field(1800.0, gt=0)
+    ucb_delta: float = Field(0.5, gt=0)
+    linucb_alpha: float = Field(0.5, gt=0)
+    seed: int = 0
+
+
+class AttributionConfig(_Strict):
+    """Which interactions count for a shown list, and how much."""
+
+    window_s: float = Field(1800.0, gt=0, description="last-shown-list attribution window")
+    reward_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "view": 0.0,
+            "click": 0.3,
+            "favorite": 0.5,
+            "add_to_cart": 0.6,
+            "purchase": 1.0,
+        }
+    )
+    max_open_lists: int = Field(5, ge=1, description="recent lists kept per user for rec_id")
+
+
+class Variant(_Strict):
+    """One arm of an experiment: what it changes for its users."""
+
+    name: str = Field(min_length=1)
+    weight: float = Field(gt=0.0, le=1.0)
+    policy: Literal["fixed", "bandit"] = "fixed"
+    reranker: str | None = None
+    trade_off: float | None = Field(None, ge=0.0, le=1.0, alias="lambda")
+    artifact: Path | None = None
+    candidates: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Variant:
+        if self.policy == "bandit" and (self.reranker or self.trade_off is not None):
+            raise ValueError(
+                f"variant {self.name!r}: a bandit variant picks its own arm; drop reranker/lambda"
+            )
+        if self.reranker is not None and self.reranker not in RERANKER_NAMES:
+            raise ValueError(
+                f"variant {self.name!r}: unknown reranker {self.reranker!r}; "
+                f"known: {RERANKER_NAMES}"
+            )
+        return self
+
+    def arm(self, default: Arm) -> Arm:
+        """The fixed arm of this variant (defaults fill what it does not say)."""
+        return Arm(
+            reranker=self.reranker or default.reranker,
+            trade_off=default.trade_off if self.trade_off is None else self.trade_off,
+        )
+
+
+class Experiment(_Strict):
+    """An A/B test: a share of the traffic split over weighted variants."""
+
+    name: str = Field(min_length=1)
+    salt: str = Field(min_length=1)
+    traffic: float = Field(1.0, gt=0.0, le=1.0)
+    variants: list[Variant] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _weights(self) -> Experiment:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment {self.name!r}: duplicate variant names {names}")
+        total = sum(v.weight for v in self.variants)
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"experiment {self.name!r}: variant weights sum to {total:g}, not 1")
+        return self
+
+
+class PolicyConfig(_Strict):
+    """The whole file: arms, bandit, attribution and experiments."""
+
+    layer_salt: str = "streamrec-layer"
+    default_arm: Arm = Field(default_factory=Arm)
+    arms: list[Arm] = Field(
+        default_factory=lambda: [
+            Arm(reranker="mmr", trade_off=1.0),
+            Arm(reranker="mmr", trade_off=0.7),
+            Arm(reranker="mmr", trade_off=0.4),
+            Arm(reranker="dpp", trade_off=0.6),
+        ]
+    )
+    bandit: BanditConfig = Field(default_factory=BanditConfig)
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
+    experiments: list[Experiment] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _layer(self) -> PolicyConfig:
+        names = [e.name for e in self.experiments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate experiment names {names}")
+        total = sum(e.traffic for e in self.experiments)
+        if total > 1.0 + 1e-9:
+            raise ValueError(
+                f"experiments' traffic shares sum to {total:g} > 1: they would overlap "
+                "(each user is in at most one experiment)"
+            )
+        arm_names = [a.name for a in self.arms]
+        if len(set(arm_names)) != len(arm_names):
+            raise ValueError(f"duplicate arms {arm_names}")
+        return self
+
+    def arm(self, name: str) -> Arm:
+        """An arm by name (``reranker:trade_off``)."""
+        for a in [*self.arms, self.default_arm]:
+            if a.name == name:
+                return a
+        raise KeyError(f"unknown arm {name!r}; known: {[a.name for a in self.arms]}")
+
+
+def load_config(path: Path | str | None) -> PolicyConfig:
+    """Read and validate the YAML file; ``None`` = the defaults (no experiment)."""
+    if path is None:
+        return PolicyConfig()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read experiments file {path}: {exc}") from exc
+    try:
+        return PolicyConfig.model_validate(raw)
+    except ValidationError as exc:
+        msgs = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        ]
+        raise ConfigError(f"invalid experiments file {path}: " + "; ".join(msgs)) from None
+
+
+def _unit(salt: str, user_id: str) -> float:
+    """A uniform number in [0, 1) from (salt, user_id): stable everywhere."""
+    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign(cfg: PolicyConfig, user_id: str) -> tuple[Experiment, Variant] | None:
+    """The user's (experiment, variant), or None outside every experiment.
+
+    The layer hash places the user on [0, 1); experiments own consecutive
+    ranges of it (their traffic shares, in file order), so they never
+    overlap. Within an experiment a second hash, salted by the experiment,
+    picks the variant by cumulative weight.
+    """
+    u = _unit(cfg.layer_salt, user_id)
+    start = 0.0
+    for exp in cfg.experiments:
+        if start <= u < start + exp.traffic:
+            v = _unit(exp.salt, user_id)
+            acc = 0.0
+            for variant in exp.variants:
+                acc += variant.weight
+                if v < acc:
+                    return exp, variant
+            return exp, exp.variants[-1]  # rounding at the top end
+        start += exp.traffic
+    return None
