@@ -355,5 +355,5 @@ def test_topic_prefix() -> None:
     assert t.events == "run7-events"
     assert t.events_dlq == "run7-events.dlq"
     assert t.all() == [f"run7-{name}" for name in Topics().all()]
-    assert len(set(t.all())) == 8
+    assert len(set(t.all())) == 9
     assert t.compacted() == {"run7-catalog", "run7-bandit-weights"}
