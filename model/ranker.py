@@ -3,6 +3,10 @@
 This is the whole in-process ranking path. The inference worker wraps it
 with Kafka; the evaluation harness calls it directly, so quality is measured
 on the product's own code, not on a copy.
+
+Each request's diversity arm (reranker and trade-off) comes from its policy:
+a fixed arm of its experiment variant, the bandit's pick (``mode: bandit``,
+from the latest ``bandit-weights``), or the ranker's default arm.
 """
 
 from __future__ import annotations
@@ -10,16 +14,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from model.rerank import Reranker
+from model.rerank import Reranker, get_reranker
 from model.scoring import Scorer
+from streams.bandit.book import PolicyBook
 from streams.catalog import Catalog
 from streams.contracts import RankedItem, RankRequest, Recommendation, rec_id_for
+from streams.experiments import Arm
 
 __all__ = ["Ranker"]
 
 
 class Ranker:
-    """Scorer + reranker at a fixed trade-off (the bandit picks it later)."""
+    """Scorer + per-request diversity arm (default: ``reranker`` at ``trade_off``)."""
 
     def __init__(
         self,
@@ -28,30 +34,60 @@ class Ranker:
         catalog: Catalog,
         trade_off: float,
         model_version: str,
+        book: PolicyBook | None = None,
     ) -> None:
         self.scorer = scorer
         self.reranker = reranker
         self.catalog = catalog
         self.trade_off = trade_off
         self.model_version = model_version
+        self.book = book
+        self._rerankers: dict[str, Reranker] = {reranker.name: reranker}
 
     @property
-    def policy(self) -> dict[str, object]:
+    def default_arm(self) -> Arm:
+        return Arm(reranker=self.reranker.name, trade_off=self.trade_off)
+
+    def choose(self, request: RankRequest) -> dict[str, object]:
+        """The request's policy stamp: reranker, arm, lambda, mode, segment."""
+        p = request.policy
+        segment = str(p.get("segment", "all"))
+        mode = str(p.get("mode", "fixed"))
+        if mode == "bandit" and self.book is not None:
+            arm = Arm.from_name(self.book.pick(segment, request.context))
+        elif p.get("arm"):
+            arm = Arm.from_name(str(p["arm"]))
+        else:
+            mode, arm = "fixed", self.default_arm
         return {
-            "reranker": self.reranker.name,
-            "arm": f"lambda={self.trade_off:g}",
-            "lambda": self.trade_off,
+            "reranker": arm.reranker,
+            "arm": arm.name,
+            "lambda": arm.trade_off,
+            "mode": mode,
+            "segment": segment,
         }
 
-    def rank(self, requests: Sequence[RankRequest]) -> list[list[tuple[str, float]]]:
+    def _reranker(self, name: str) -> Reranker:
+        if name not in self._rerankers:
+            self._rerankers[name] = get_reranker(name)
+        return self._rerankers[name]
+
+    def rank(
+        self,
+        requests: Sequence[RankRequest],
+        policies: Sequence[dict[str, object]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
         """For each request, the final ``k`` (item_id, score) pairs in list order."""
+        if policies is None:
+            policies = [self.choose(r) for r in requests]
         out = []
-        for request, (rows, scores) in zip(requests, self.scorer.score(requests), strict=True):
-            pos = self.reranker.rerank(
+        scored = self.scorer.score(requests)
+        for request, (rows, scores), policy in zip(requests, scored, policies, strict=True):
+            pos = self._reranker(str(policy["reranker"])).rerank(
                 scores,
                 self.catalog.vectors[rows],
                 request.k,
-                self.trade_off,
+                float(policy["lambda"]),
                 categories=[self.catalog.categories[r] for r in rows],
                 target_mix=request.category_mix,
             )
@@ -60,7 +96,8 @@ class Ranker:
 
     def recommend(self, requests: Sequence[RankRequest]) -> list[Recommendation]:
         """Rank and wrap each list in the ``recommendations`` contract."""
-        ranked = self.rank(requests)
+        policies = [self.choose(r) for r in requests]
+        ranked = self.rank(requests, policies)
         now = time.time()
         return [
             Recommendation(
@@ -71,12 +108,12 @@ class Ranker:
                     RankedItem(item_id=item, score=round(score, 6), rank=i + 1)
                     for i, (item, score) in enumerate(items)
                 ],
-                experiment=r.experiment or {"name": "default", "variant": "control"},
-                policy=self.policy,
+                experiment=r.experiment or {"name": "none", "variant": "default"},
+                policy=policy,
                 model_version=self.model_version,
                 trigger_event_id=r.trigger_event_id,
                 created_ts=now,
                 latency_ms=round(max(0.0, now - r.arrival_ts) * 1000.0, 3),
             )
-            for r, items in zip(requests, ranked, strict=True)
+            for r, items, policy in zip(requests, ranked, policies, strict=True)
         ]

@@ -32,9 +32,11 @@ from model.encoder import Encoder
 from model.ranker import Ranker
 from model.rerank import MMR, intra_list_diversity
 from model.scoring import TwoTowerScorer
+from streams.bandit.book import PolicyBook
 from streams.catalog import Catalog, CatalogNotFound
 from streams.contracts import DeadLetter, RankRequest, Recommendation, Topics, parse_rank_request
-from streams.kafka import consumer, producer
+from streams.experiments import load_config
+from streams.kafka import TopicFollower, consumer, producer
 from streams.settings import Settings
 
 __all__ = ["Worker", "build_ranker", "WORKER_GROUP", "DeliveryFailed"]
@@ -48,11 +50,18 @@ class DeliveryFailed(RuntimeError):
     """Produced records were not acknowledged; the batch is left uncommitted."""
 
 
-def build_ranker(settings: Settings, catalog: Catalog) -> Ranker:
-    """The default ranking path for ``settings``: two-tower LM scoring + MMR."""
+def build_ranker(
+    settings: Settings, catalog: Catalog, book: PolicyBook | None = None
+) -> Ranker:
+    """The ranking path for ``settings``: two-tower LM scoring, MMR by default.
+
+    With a ``book`` (the latest bandit policies), requests of bandit variants
+    get the bandit's arm; others their variant's fixed arm or MMR at
+    ``settings.mmr_lambda``.
+    """
     encoder = Encoder(settings.artifact, device=settings.device)
     scorer = TwoTowerScorer(encoder, catalog, settings.lm_blend, settings.history_items)
-    return Ranker(scorer, MMR(), catalog, settings.mmr_lambda, model_version=encoder.name)
+    return Ranker(scorer, MMR(), catalog, settings.mmr_lambda, encoder.name, book)
 
 
 class Worker:
@@ -65,7 +74,8 @@ class Worker:
             raise CatalogNotFound("no catalog: set --catalog / STREAMREC_CATALOG")
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
-        self.ranker = ranker or build_ranker(settings, Catalog.load(settings.catalog))
+        self.book = PolicyBook(load_config(settings.experiments))
+        self.ranker = ranker or build_ranker(settings, Catalog.load(settings.catalog), self.book)
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._catalog = self.ranker.catalog
         self._recent_lists: deque[list[int]] = deque(maxlen=1000)
@@ -130,7 +140,7 @@ class Worker:
         metrics.RECOMMENDATIONS.labels(
             rec.experiment.get("name", ""), rec.experiment.get("variant", "")
         ).inc()
-        metrics.ARM_PICKS.labels(str(rec.policy.get("segment", "all")), rec.policy["arm"]).inc()
+        metrics.ARM_PICKS.labels(str(rec.policy["segment"]), str(rec.policy["arm"])).inc()
         rows = [self._catalog.row[x.item_id] for x in rec.items if x.item_id in self._catalog.row]
         self._recent_lists.append(rows)
         self._recent_ild.append(intra_list_diversity(self._catalog.vectors[rows]))
@@ -138,10 +148,26 @@ class Worker:
         distinct = {r for lst in self._recent_lists for r in lst}
         metrics.CATALOG_COVERAGE.set(len(distinct) / max(1, len(self._catalog)))
 
+    def _follow_bandit_weights(self) -> None:
+        """Background thread: keep the newest bandit policy per key in the book."""
+        follower = TopicFollower(self.settings.brokers, [self.topics.bandit_weights])
+        try:
+            while not self._stop.is_set():
+                for m in follower.poll(500, 0.5):
+                    try:
+                        self.book.apply(json.loads(m.value()))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("ignoring a bad bandit-weights record: %s", exc)
+        finally:
+            follower.close()
+
     def run(self) -> None:
         """The consume -> rank -> produce -> commit loop, until ``stop()``."""
         s = self.settings
         metrics.serve(s.metrics_port)
+        threading.Thread(
+            target=self._follow_bandit_weights, name="bandit-weights", daemon=True
+        ).start()
         cons = consumer(
             s.brokers,
             WORKER_GROUP + (f"-{s.topic_prefix}" if s.topic_prefix else ""),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -227,6 +228,91 @@ def demo(
 
     s = _settings(data=data, partitions=partitions, cache_dir=cache_dir, metrics_port=metrics_port)
     run_demo(s, events=events, rate=rate)
+
+
+experiment_app = typer.Typer(
+    help="A/B experiments: per-variant report with confidence intervals.",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+class ReportFormat(str, Enum):
+    markdown = "markdown"
+    json = "json"
+
+
+def _weights(text: str | None) -> dict[str, float] | None:
+    """``control=0.5,bandit=0.5`` -> {"control": 0.5, "bandit": 0.5}."""
+    if not text:
+        return None
+    weights = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise click.UsageError(
+                f"--weights: expected NAME=WEIGHT,... (e.g. control=0.5,bandit=0.5), got {part!r}"
+            ) from None
+    return weights
+
+
+@experiment_app.command("report")
+def experiment_report(
+    brokers: Brokers = "",
+    topic_prefix: TopicPrefix = "",
+    experiment: Annotated[
+        str | None, _opt("experiment", "Only this experiment (default: every one)")
+    ] = None,
+    weights: Annotated[
+        str | None,
+        _opt(
+            "weights",
+            "Expected shares for the SRM check, e.g. control=0.5,bandit=0.5 (default: equal)",
+        ),
+    ] = None,
+    since: Annotated[
+        float | None, _opt("since", "Only lists/outcomes at or after (epoch s)")
+    ] = None,
+    until: Annotated[float | None, _opt("until", "Only lists/outcomes before (epoch s)")] = None,
+    fmt: Annotated[ReportFormat, _opt("format", "markdown | json")] = ReportFormat.markdown,
+    sequential: Annotated[
+        bool, _opt("sequential", "Decide on the always-valid mSPRT p-values (safe to peek)")
+    ] = False,
+    idle_s: Annotated[
+        float, _opt("idle-s", "Stop reading after this many seconds without a new record")
+    ] = 3.0,
+    out: Annotated[Path | None, _opt("out", "Write the report here (default: stdout)")] = None,
+) -> None:
+    """Read `recommendations` and `outcomes`; report each variant against the control."""
+    from streams.contracts import Topics
+    from streams.kafka import wait_until_ready
+    from streams.report import experiment_report_from_kafka
+
+    s = _settings(brokers=brokers, topic_prefix=topic_prefix)
+    if not s.brokers:
+        raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
+    expected = _weights(weights)
+    wait_until_ready(s.brokers)
+    report = experiment_report_from_kafka(
+        s.brokers,
+        Topics(s.topic_prefix),
+        idle_s=idle_s,
+        experiment=experiment,
+        weights=expected,
+        since=since,
+        until=until,
+        sequential=sequential,
+    )
+    text = report.to_json() if fmt == ReportFormat.json else report.to_markdown()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+    for r in report.experiments:
+        if r.srm.mismatch:
+            typer.echo(f"streamrec: warning: {r.experiment}: {r.srm.message}", err=True)
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "DeadLetter",
     "parse_event",
     "parse_recommendation_request",
+    "parse_recommendation",
     "parse_rank_request",
     "rec_id_for",
 ]
@@ -201,6 +202,11 @@ class Candidate(_Message):
 class RankRequest(_Message):
     """Dataflow -> worker: rank these candidates for this user (``rank-requests``).
 
+    ``policy``: ``mode`` (``fixed`` or ``bandit``), ``arm`` (a fixed variant's
+    ``reranker:trade_off``, or None for the worker's default), ``segment``,
+    and ``artifact`` when a variant serves another model. ``context``: the
+    bandit's feature vector for this user.
+
     ``request_id`` is unique per trigger: the explicit request's id, or
     ``evt:<event_id>`` for an event trigger, so a replayed trigger yields the
     same ``rec_id`` and duplicates can be dropped downstream.
@@ -218,6 +224,8 @@ class RankRequest(_Message):
     arrival_ts: float
     created_ts: float
     experiment: dict[str, str] = Field(default_factory=dict)
+    policy: dict[str, Any] = Field(default_factory=dict)
+    context: list[float] | None = None
 
 
 class RankedItem(_Message):
@@ -341,6 +349,19 @@ def parse_recommendation_request(
 ) -> RecommendationRequest | DeadLetter:
     """Parse one ``recommendation-requests`` record; never raises."""
     result = _parse(RecommendationRequest, raw)
+    if isinstance(result, str):
+        return _dead_letter(result, raw, topic, partition, offset)
+    return result
+
+
+def parse_recommendation(
+    raw: bytes | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> Recommendation | DeadLetter:
+    """Parse one ``recommendations`` record (read back by the dataflow); never raises."""
+    result = _parse(Recommendation, raw)
     if isinstance(result, str):
         return _dead_letter(result, raw, topic, partition, offset)
     return result

@@ -2,13 +2,24 @@
 
 Steps (``step_id``s are stable: recovery state is keyed by them):
 
-``kafka-in``      KafkaSource on ``events`` and ``recommendation-requests``
-``parse``         bytes -> Event | RecommendationRequest | DeadLetter (never raises)
-``split-dlq``     bad records branch off to ``events.dlq`` with the reason
-``by-user``       key by user_id (a user's events stay in order on one worker)
-``user-state``    stateful: decayed embedding, recent items, seen set; on each
-                  trigger, retrieve candidates -> a RankRequest
-``to-kafka``      RankRequests -> ``rank-requests``; dead letters -> ``events.dlq``
+``kafka-in``        KafkaSource on ``events``, ``recommendation-requests`` and
+                    ``recommendations`` (the lists read back for attribution)
+``parse``           bytes -> Trigger | Shown | DeadLetter (never raises)
+``split-dlq``       bad records branch off to ``events.dlq`` with the reason
+``by-user``         key by user_id (a user's inputs stay in order on one worker)
+``user-state``      stateful: decayed embedding, recent items, seen set, open
+                    lists; an event is attributed to the list it came from; each
+                    trigger gets an experiment variant, a segment and candidates
+                    -> RankRequest; closed lists -> ListReward
+``outputs``         flatten the step's outputs
+``split-rewards``   ListRewards go to the bandit, the rest to Kafka
+``arm-metrics``     per-arm pull/reward counters for every closed list
+``bandit-lists``    only lists whose arm the bandit chose teach it
+``by-bandit-key``   key by segment (or ``global`` for LinUCB)
+``bandit``          stateful: the policy per key, updated per closed list; its
+                    state goes to ``bandit-weights`` (compacted)
+``to-kafka``        each output to its topic: ``rank-requests``, ``outcomes``,
+                    ``bandit-weights``, ``events.dlq``
 
 Run it with ``streamrec dataflow`` (wraps ``python -m bytewax.run``, so
 ``-w``, ``-i/-a`` and the recovery flags work) or directly with
@@ -18,6 +29,7 @@ comes from ``STREAMREC_*`` environment variables (see ``streams.settings``).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -26,23 +38,29 @@ from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, Ka
 from bytewax.dataflow import Dataflow
 
 from streams import metrics
+from streams.attribution import ListReward, attribute, show
+from streams.bandit import DiversityPolicy, context_vector, new_policy, segment_of
 from streams.catalog import Catalog, CatalogNotFound
 from streams.contracts import (
     DeadLetter,
     Event,
+    Outcome,
     RankRequest,
+    Recommendation,
     RecommendationRequest,
     Topics,
     parse_event,
+    parse_recommendation,
     parse_recommendation_request,
 )
+from streams.experiments import NO_EXPERIMENT, PolicyConfig, assign, load_config
 from streams.retrieval import retrieve
 from streams.settings import Settings
 from streams.state import StateConfig, UserState, update_state
 
-__all__ = ["build_flow", "UserStep", "Trigger"]
+__all__ = ["build_flow", "UserStep", "BanditStep", "Trigger", "Shown"]
 
-DEFAULT_EXPERIMENT = {"name": "default", "variant": "control"}
+_MAX_PENDING = 64
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,13 @@ class Trigger:
     arrival_ts: float
 
 
+@dataclass(frozen=True)
+class Shown:
+    """A list the worker published, read back for attribution."""
+
+    rec: Recommendation
+
+
 def _arrival(timestamp: tuple[int, int] | None) -> float:
     # (type, ms): type 0 = not available; then the time we first saw it.
     if timestamp and timestamp[0] != 0 and timestamp[1] > 0:
@@ -60,7 +85,7 @@ def _arrival(timestamp: tuple[int, int] | None) -> float:
     return time.time()
 
 
-def _parse(topics: Topics, msg: object) -> Trigger | DeadLetter:
+def _parse(topics: Topics, msg: object) -> Trigger | Shown | DeadLetter:
     if isinstance(msg, KafkaError):
         src = msg.msg
         return DeadLetter(
@@ -70,6 +95,9 @@ def _parse(topics: Topics, msg: object) -> Trigger | DeadLetter:
             partition=src.partition,
             offset=src.offset,
         )
+    if msg.topic == topics.recommendations:
+        rec = parse_recommendation(msg.value, msg.topic, msg.partition, msg.offset)
+        return rec if isinstance(rec, DeadLetter) else Shown(rec)
     parse = (
         parse_recommendation_request if msg.topic == topics.recommendation_requests else parse_event
     )
@@ -79,43 +107,77 @@ def _parse(topics: Topics, msg: object) -> Trigger | DeadLetter:
     return Trigger(parsed, _arrival(msg.timestamp))
 
 
+def _user_of(item: Trigger | Shown) -> str:
+    return item.rec.user_id if isinstance(item, Shown) else item.message.user_id
+
+
 class UserStep:
-    """The ``user-state`` step: apply the input, then emit a rank request.
+    """The ``user-state`` step: apply one input to the user's state.
 
     A plain callable class (not a closure) so it is picklable and unit-tested
-    without Bytewax: ``step(state, trigger) -> (state, RankRequest | None)``.
+    without Bytewax. ``apply(state, item) -> (state, outputs)`` where outputs
+    are RankRequests (one per trigger), Outcomes (attributed interactions)
+    and ListRewards (closed lists, for the bandit). ``__call__`` is the
+    trigger-only view used by in-process evaluation: ``(state, RankRequest | None)``.
     """
 
-    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+    def __init__(
+        self, catalog: Catalog, settings: Settings, policy: PolicyConfig | None = None
+    ) -> None:
         self.catalog = catalog
         self.settings = settings
+        self.policy = policy if policy is not None else load_config(settings.experiments)
         self.cfg = StateConfig(
             half_life_s=settings.half_life_s,
             event_weights=settings.event_weights,
             recent_n=settings.recent_n,
             seen_max=settings.seen_max,
+            session_gap_s=self.policy.bandit.session_gap_s,
         )
 
     def __call__(
         self, state: UserState | None, trigger: Trigger
     ) -> tuple[UserState, RankRequest | None]:
+        state, outputs = self.apply(state, trigger)
+        return state, next((o for o in outputs if isinstance(o, RankRequest)), None)
+
+    def apply(self, state: UserState | None, item: Trigger | Shown) -> tuple[UserState, list]:
         state = state if state is not None else UserState()
-        msg = trigger.message
+        if isinstance(item, Shown):
+            pending = state.pending.pop(
+                item.rec.request_id or f"evt:{item.rec.trigger_event_id}", None
+            )
+            shown_ts, context = pending if pending else (state.last_ts or 0.0, None)
+            return state, show(
+                state.open_lists, item.rec, shown_ts, context, self.policy.attribution
+            )
+        msg = item.message
+        outputs: list = []
         if isinstance(msg, Event):
             if not update_state(state, msg, self.catalog, self.cfg):
                 metrics.DUPLICATE_EVENTS.inc()
-                return state, None
+                return state, []
             metrics.EVENTS.labels(msg.type).inc()
             if msg.item_id not in self.catalog.row:
                 metrics.UNKNOWN_ITEMS.inc()
+            outcomes, closed = attribute(state.open_lists, msg, self.policy.attribution)
+            outputs += outcomes + closed
             request_id, explicit, k, trigger_id = f"evt:{msg.event_id}", None, None, msg.event_id
             metrics.RANK_REQUESTS.labels("event").inc()
         else:
             request_id, explicit, k, trigger_id = msg.request_id, msg.request_id, msg.k, None
             metrics.RANK_REQUESTS.labels("request").inc()
-        return state, self.rank_request(
-            state, msg.user_id, request_id, explicit, k, trigger_id, trigger.arrival_ts
+        request = self.rank_request(
+            state, msg.user_id, request_id, explicit, k, trigger_id, item.arrival_ts
         )
+        # Remember when (event time) and in which context the list was asked
+        # for: attribution windows and the bandit's context use it when the
+        # list comes back on `recommendations`.
+        state.pending[request_id] = (state.last_ts or 0.0, request.context)
+        while len(state.pending) > _MAX_PENDING:
+            state.pending.popitem(last=False)
+        outputs.append(request)
+        return state, outputs
 
     def rank_request(
         self,
@@ -127,29 +189,100 @@ class UserStep:
         trigger_event_id: str | None,
         arrival_ts: float,
     ) -> RankRequest:
-        """Retrieve candidates for the user and wrap them for the worker."""
+        """Assign the experiment, retrieve candidates, and wrap them for the worker."""
         s = self.settings
+        policy, experiment, m = self._policy_for(user_id, state)
         vector = state.unit_embedding()
         return RankRequest(
             request_id=request_id,
             explicit_request_id=explicit_request_id,
             user_id=user_id,
             k=k or s.k,
-            candidates=retrieve(state, self.catalog, s.candidates, s.filter_seen),
+            candidates=retrieve(state, self.catalog, m or s.candidates, s.filter_seen),
             user_vector=None if vector is None else [round(float(x), 6) for x in vector],
             recent_items=state.recent_items()[: s.history_items],
             category_mix=state.category_mix(),
             trigger_event_id=trigger_event_id,
             arrival_ts=arrival_ts,
             created_ts=time.time(),
-            experiment=dict(DEFAULT_EXPERIMENT),
+            experiment=experiment,
+            policy=policy,
+            context=context_vector(state, self.policy.bandit),
         )
 
+    def _policy_for(self, user_id: str, state: UserState) -> tuple[dict, dict, int | None]:
+        """(policy stamp, experiment stamp, candidate count) for the user's variant."""
+        segment = segment_of(state, self.policy.bandit)
+        assigned = assign(self.policy, user_id)
+        if assigned is None:
+            return (
+                {"mode": self.policy.default_mode, "arm": None, "segment": segment},
+                dict(NO_EXPERIMENT),
+                None,
+            )
+        exp, variant = assigned
+        arm = None if variant.policy == "bandit" else variant.arm(self.policy.default_arm).name
+        stamp = {"mode": variant.policy, "arm": arm, "segment": segment}
+        if variant.artifact is not None:
+            stamp["artifact"] = str(variant.artifact)
+        return stamp, {"name": exp.name, "variant": variant.name}, variant.candidates
 
-def _to_sink(topics: Topics, item: RankRequest | DeadLetter) -> KafkaSinkMessage:
+
+class BanditStep:
+    """The ``bandit`` step, keyed by bandit key: update the policy, publish it.
+
+    The key is the user segment for per-segment policies (Thompson, UCB) and
+    ``global`` for the contextual LinUCB, whose context carries the segment.
+    """
+
+    def __init__(self, policy: PolicyConfig) -> None:
+        self.cfg = policy
+
+    def key(self, reward: ListReward) -> str:
+        return "global" if self.cfg.bandit.policy == "linucb" else reward.segment
+
+    def __call__(
+        self, state: DiversityPolicy | None, reward: ListReward
+    ) -> tuple[DiversityPolicy, dict]:
+        if state is None:
+            state = new_policy(self.cfg.bandit, [a.name for a in self.cfg.arms])
+        if reward.arm in state.pulls:
+            state.update(reward.arm, reward.reward, reward.context)
+        return state, {"key": self.key(reward), "updated_ts": time.time(), **state.to_state()}
+
+
+def _record(item: ListReward) -> ListReward:
+    """Per-arm metrics for every closed list (bandit or fixed)."""
+    metrics.BANDIT_PULLS.labels(item.segment, item.arm).inc()
+    metrics.BANDIT_REWARD.labels(item.segment, item.arm).inc(item.reward)
+    return item
+
+
+def _to_sink(topics: Topics, item: object) -> KafkaSinkMessage:
     if isinstance(item, DeadLetter):
         metrics.DEAD_LETTERS.labels(item.topic or "unknown").inc()
         return KafkaSinkMessage(key=None, value=item.to_bytes(), topic=topics.events_dlq)
+    if isinstance(item, Outcome):
+        metrics.OUTCOMES.labels(
+            item.experiment["name"], item.experiment["variant"], item.type
+        ).inc()
+        if item.revenue is not None:
+            metrics.REVENUE.labels(item.experiment["name"], item.experiment["variant"]).inc(
+                item.revenue
+            )
+        return KafkaSinkMessage(
+            key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.outcomes
+        )
+    if isinstance(item, tuple):  # (key, published bandit state)
+        key, state = item
+        for arm, st in state["stats"].items():
+            metrics.BANDIT_MEAN_REWARD.labels(key, arm).set(st["mean_reward"])
+        return KafkaSinkMessage(
+            key=key.encode("utf-8"),
+            value=json.dumps(state).encode("utf-8"),
+            topic=topics.bandit_weights,
+        )
+    assert isinstance(item, RankRequest)
     return KafkaSinkMessage(
         key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.rank_requests
     )
@@ -163,6 +296,7 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     if s.catalog is None:
         raise CatalogNotFound("STREAMREC_CATALOG is not set: build one with `streamrec index`")
     catalog = Catalog.load(s.catalog)
+    policy = load_config(s.experiments)
     topics = Topics(s.topic_prefix)
     brokers = s.brokers.split(",")
     metrics.serve(s.metrics_port)
@@ -173,19 +307,29 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
         flow,
         KafkaSource(
             brokers,
-            [topics.events, topics.recommendation_requests],
+            [topics.events, topics.recommendation_requests, topics.recommendations],
             # Errors become dead letters instead of stopping the dataflow.
             raise_on_errors=False,
             batch_size=500,
         ),
     )
     parsed = op.map("parse", raw, lambda m: _parse(topics, m))
-    split = op.branch("split-dlq", parsed, lambda x: isinstance(x, Trigger))
-    keyed = op.key_on("by-user", split.trues, lambda t: t.message.user_id)
-    requests = op.stateful_map("user-state", keyed, UserStep(catalog, s))
-    to_rank = op.filter_map("rank-request", requests, lambda kv: kv[1])
-    out = op.map(
-        "to-kafka", op.merge("merge-out", to_rank, split.falses), lambda x: _to_sink(topics, x)
+    split = op.branch("split-dlq", parsed, lambda x: not isinstance(x, DeadLetter))
+    keyed = op.key_on("by-user", split.trues, _user_of)
+    per_user = op.stateful_map("user-state", keyed, UserStep(catalog, s, policy).apply)
+    outputs = op.flat_map("outputs", per_user, lambda kv: kv[1])
+    rewards = op.branch("split-rewards", outputs, lambda x: isinstance(x, ListReward))
+    bandit_step = BanditStep(policy)
+    learn = op.filter(
+        "bandit-lists", op.map("arm-metrics", rewards.trues, _record), lambda r: r.mode == "bandit"
     )
-    op.output("kafka-out", out, KafkaSink(brokers, topic=None))
+    weights = op.stateful_map(
+        "bandit", op.key_on("by-bandit-key", learn, bandit_step.key), bandit_step
+    )
+    merged = op.merge("merge-out", rewards.falses, split.falses, weights)
+    op.output(
+        "kafka-out",
+        op.map("to-kafka", merged, lambda x: _to_sink(topics, x)),
+        KafkaSink(brokers, topic=None),
+    )
     return flow

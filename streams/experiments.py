@@ -66,6 +66,14 @@ class Arm(_Strict):
     def name(self) -> str:
         return f"{self.reranker}:{self.trade_off:g}"
 
+    @classmethod
+    def from_name(cls, name: str) -> Arm:
+        """Parse ``reranker:trade_off`` (the inverse of :attr:`name`)."""
+        reranker, sep, trade_off = name.rpartition(":")
+        if not sep:
+            raise ValueError(f"arm {name!r} is not reranker:trade_off")
+        return cls(reranker=reranker, trade_off=float(trade_off))
+
     @model_validator(mode="after")
     def _known(self) -> Arm:
         if self.reranker not in RERANKER_NAMES:
@@ -161,6 +169,9 @@ class PolicyConfig(_Strict):
 
     layer_salt: str = "streamrec-layer"
     default_arm: Arm = Field(default_factory=Arm)
+    default_mode: Literal["fixed", "bandit"] = Field(
+        "fixed", description="policy for users outside every experiment"
+    )
     arms: list[Arm] = Field(
         default_factory=lambda: [
             Arm(reranker="mmr", trade_off=1.0),

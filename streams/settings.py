@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     data: Path = Field(default_factory=default_data_dir, description="dataset folder")
     artifact: Path | None = Field(None, description="model artifact folder; None = pretrained")
     cache_dir: Path = Field(Path(".cache/streamrec"), description="item vectors and indexes")
+    experiments: Path | None = Field(
+        None, description="experiments/arms/bandit YAML file; None = defaults, no experiment"
+    )
     catalog: Path | None = Field(
         None, description="a built catalog folder (item vectors + FAISS index)"
     )

@@ -34,6 +34,7 @@ class StateConfig:
     recent_n: int = 20
     seen_max: int = 2000
     dedup_window: int = 256
+    session_gap_s: float = 1800.0
 
 
 @dataclass
@@ -47,6 +48,11 @@ class UserState:
     categories: dict[str, float] = field(default_factory=dict)
     event_ids: deque[str] = field(default_factory=deque)
     events: int = 0
+    sessions: int = 0
+    # Lists shown and not yet closed (streams.attribution.ShownList), and the
+    # (event time, context) of requests whose list has not come back yet.
+    open_lists: deque = field(default_factory=deque)
+    pending: OrderedDict = field(default_factory=OrderedDict)
 
     def unit_embedding(self) -> np.ndarray | None:
         """The embedding scaled to unit length, or None while the user is cold."""
@@ -87,6 +93,8 @@ def update_state(state: UserState, event: Event, catalog: Catalog, cfg: StateCon
     if len(state.event_ids) > cfg.dedup_window:
         state.event_ids.popleft()
 
+    if state.last_ts is None or event.ts - state.last_ts > cfg.session_gap_s:
+        state.sessions += 1
     decay = _decay(state, event.ts, cfg.half_life_s)
     weight = cfg.event_weights.get(event.type, 1.0)
     # The category mix decays on the same clock as the embedding, whatever the item.

@@ -50,8 +50,9 @@ def test_every_triggered_user_gets_a_contract_shaped_list_without_seen_items(
         items = [x.item_id for x in r.items]
         assert len(items) == 10 and not seen & set(items), (r.user_id, seen & set(items))
         assert [x.rank for x in r.items] == list(range(1, 11))
-        assert r.policy["reranker"] == "mmr" and r.latency_ms >= 0
-        assert r.experiment == {"name": "default", "variant": "control"}
+        assert r.policy["reranker"] == "mmr" and r.policy["arm"] == "mmr:0.7"
+        assert r.latency_ms >= 0
+        assert r.experiment == {"name": "none", "variant": "default"}  # no experiment file
 
 
 def test_explicit_request_is_answered_with_its_request_id(tmp_path, broker, topics, catalog_path):

@@ -1,0 +1,136 @@
+"""Reward attribution: which interactions a shown list earned (pure logic).
+
+The dataflow reads its own output topic ``recommendations`` back, keyed by
+user, so each user's state knows the lists that were shown (``show``). An
+interaction is credited to a list (``attribute``) when
+
+* it carries the list's ``rec_id`` and the list is still open, or
+* it hits an item of the user's last shown list,
+
+in both cases within ``window_s`` of the list being shown, on the user's
+event-time clock (the trigger's ``ts``), so replays of old data attribute
+exactly like live traffic. Each (rec_id, item, type) is credited once, which
+makes attribution idempotent under replayed duplicates.
+
+A list closes when it falls out of the window or when more than
+``max_open_lists`` newer lists exist; its reward, min(1, sum of the credited
+events' weights), is then final and becomes a ``ListReward`` for the bandit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from streams.contracts import Event, Outcome, Recommendation
+from streams.experiments import AttributionConfig
+
+__all__ = ["ShownList", "ListReward", "show", "attribute", "close_expired"]
+
+
+@dataclass
+class ShownList:
+    """A list the user saw, while rewards can still reach it."""
+
+    rec_id: str
+    items: frozenset[str]
+    policy: dict
+    experiment: dict
+    shown_ts: float
+    context: list[float] | None = None
+    credited: set[tuple[str, str]] = field(default_factory=set)
+    reward: float = 0.0
+
+
+@dataclass(frozen=True)
+class ListReward:
+    """A closed list's final reward, for the bandit of ``policy['segment']``."""
+
+    rec_id: str
+    arm: str
+    segment: str
+    mode: str
+    reward: float
+    context: list[float] | None
+
+
+def _close(lst: ShownList) -> ListReward:
+    return ListReward(
+        rec_id=lst.rec_id,
+        arm=str(lst.policy.get("arm", "")),
+        segment=str(lst.policy.get("segment", "all")),
+        mode=str(lst.policy.get("mode", "fixed")),
+        reward=min(1.0, lst.reward),
+        context=lst.context,
+    )
+
+
+def close_expired(
+    open_lists: deque[ShownList], now_ts: float, cfg: AttributionConfig
+) -> list[ListReward]:
+    """Close lists older than the window (oldest first)."""
+    closed = []
+    while open_lists and now_ts - open_lists[0].shown_ts > cfg.window_s:
+        closed.append(_close(open_lists.popleft()))
+    return closed
+
+
+def show(
+    open_lists: deque[ShownList],
+    rec: Recommendation,
+    shown_ts: float,
+    context: list[float] | None,
+    cfg: AttributionConfig,
+) -> list[ListReward]:
+    """Record a shown list; returns the rewards of the lists this closes."""
+    if any(lst.rec_id == rec.rec_id for lst in open_lists):
+        return []  # the same list read twice (at-least-once delivery)
+    closed = close_expired(open_lists, shown_ts, cfg)
+    open_lists.append(
+        ShownList(
+            rec_id=rec.rec_id,
+            items=frozenset(x.item_id for x in rec.items),
+            policy=dict(rec.policy),
+            experiment=dict(rec.experiment),
+            shown_ts=shown_ts,
+            context=context,
+        )
+    )
+    while len(open_lists) > cfg.max_open_lists:
+        closed.append(_close(open_lists.popleft()))
+    return closed
+
+
+def attribute(
+    open_lists: deque[ShownList], event: Event, cfg: AttributionConfig
+) -> tuple[list[Outcome], list[ListReward]]:
+    """Credit ``event`` to the list it came from -> (outcomes, rewards of closed lists)."""
+    closed = close_expired(open_lists, event.ts, cfg)
+    if event.type == "view" or not open_lists:
+        return [], closed
+    target, how = None, "window"
+    if event.rec_id is not None:
+        target = next((lst for lst in open_lists if lst.rec_id == event.rec_id), None)
+        how = "rec_id"
+    elif event.item_id in open_lists[-1].items:
+        target = open_lists[-1]
+    if target is None or (event.item_id, event.type) in target.credited:
+        return [], closed
+    target.credited.add((event.item_id, event.type))
+    target.reward += cfg.reward_weights.get(event.type, 0.0)
+    revenue = None
+    if event.type == "purchase" and event.price is not None and event.quantity is not None:
+        revenue = round(event.price * event.quantity, 6)
+    outcome = Outcome(
+        rec_id=target.rec_id,
+        user_id=event.user_id,
+        item_id=event.item_id,
+        type=event.type,
+        event_id=event.event_id,
+        ts=event.ts,
+        experiment=target.experiment,
+        policy=target.policy,
+        revenue=revenue,
+        attributed_by=how,
+    )
+    return [outcome], closed

@@ -1,0 +1,56 @@
+"""The worker's view of the bandits: the latest policy per key, and arm picks.
+
+The dataflow publishes each bandit key's policy state on the compacted
+``bandit-weights`` topic; the worker keeps the newest per key (``apply``)
+and asks it for an arm per request (``pick``). Before any state arrives for
+a key, a fresh policy with the configured arms and exploration is used.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import numpy as np
+
+from streams.bandit import new_policy, policy_from_state
+from streams.bandit.base import DiversityPolicy
+from streams.experiments import PolicyConfig
+
+__all__ = ["PolicyBook"]
+
+
+class PolicyBook:
+    """Thread-safe map bandit key -> latest policy."""
+
+    def __init__(self, cfg: PolicyConfig, seed: int | None = None) -> None:
+        self.cfg = cfg
+        self._policies: dict[str, DiversityPolicy] = {}
+        self._versions: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+
+    def key(self, segment: str) -> str:
+        return "global" if self.cfg.bandit.policy == "linucb" else segment
+
+    def apply(self, state: dict[str, Any]) -> bool:
+        """Take a published state if it is newer than the one held. Returns True if taken."""
+        key, updates = state["key"], int(state.get("updates", 0))
+        with self._lock:
+            if updates < self._versions.get(key, -1):
+                return False
+            self._policies[key] = policy_from_state(state)
+            self._versions[key] = updates
+        return True
+
+    def pick(self, segment: str, context: list[float] | None) -> str:
+        """An arm name for one list of a user in ``segment`` with ``context``."""
+        key = self.key(segment)
+        with self._lock:
+            policy = self._policies.get(key)
+            if policy is None:
+                policy = new_policy(self.cfg.bandit, [a.name for a in self.cfg.arms])
+                self._policies[key] = policy
+            x = None if context is None else np.asarray(context, dtype=np.float64)
+            return policy.pull(x, self._rng)

@@ -1,0 +1,74 @@
+"""Contextual LinUCB with Sherman-Morrison rank-one updates (numpy)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from streams.bandit.base import DiversityPolicy
+
+__all__ = ["LinUCB"]
+
+
+class LinUCB(DiversityPolicy):
+    """Disjoint LinUCB (Li et al., WWW 2010), written for speed.
+
+    Per arm a ridge regression of reward on the context x. Each update is a
+    rank-one Sherman-Morrison step on the inverse ``A^-1`` (O(d^2), no matrix
+    inversion); a pull scores every arm with ``theta . x + alpha * sqrt(x' A^-1 x)``
+    in one batched product. River's own LinUCB keeps per-arm regressors and is
+    far slower per update, hence this small implementation.
+
+    >>> p = LinUCB(["wide", "narrow"], min_exploration=0.0, alpha=0.1)
+    >>> young, old = np.array([1.0, 1.0, 0.0]), np.array([1.0, 0.0, 1.0])
+    >>> for _ in range(100):
+    ...     p.update("wide", 0.9, young); p.update("narrow", 0.1, young)
+    ...     p.update("wide", 0.1, old); p.update("narrow", 0.9, old)
+    >>> p.pull(young, random.Random(0)), p.pull(old, random.Random(0))
+    ('wide', 'narrow')
+    """
+
+    name = "linucb"
+
+    def __init__(
+        self,
+        arms: list[str],
+        min_exploration: float = 0.05,
+        seed: int = 0,
+        alpha: float = 0.5,
+        ridge: float = 1.0,
+    ) -> None:
+        super().__init__(arms, min_exploration, seed)
+        self.alpha = alpha
+        self.ridge = ridge
+        self._a_inv: np.ndarray | None = None  # (arms, d, d), built on the first context
+        self._b: np.ndarray | None = None  # (arms, d)
+
+    def _init(self, d: int) -> None:
+        self._a_inv = np.tile(np.eye(d) / self.ridge, (len(self.arms), 1, 1))
+        self._b = np.zeros((len(self.arms), d))
+
+    def _pull(self, context: np.ndarray | None, rng: random.Random) -> str:
+        if context is None:
+            raise ValueError("LinUCB needs a context vector")
+        x = np.asarray(context, dtype=np.float64)
+        if self._a_inv is None:
+            self._init(len(x))
+        theta = np.einsum("aij,aj->ai", self._a_inv, self._b)
+        width = np.sqrt(np.einsum("i,aij,j->a", x, self._a_inv, x))
+        ucb = theta @ x + self.alpha * width
+        best = np.flatnonzero(ucb >= ucb.max() - 1e-12)
+        return self.arms[int(best[rng.randrange(len(best))])]
+
+    def _update(self, arm: str, reward: float, context: np.ndarray | None) -> None:
+        if context is None:
+            raise ValueError("LinUCB needs a context vector")
+        x = np.asarray(context, dtype=np.float64)
+        if self._a_inv is None:
+            self._init(len(x))
+        i = self.arms.index(arm)
+        a_inv = self._a_inv[i]
+        ax = a_inv @ x
+        a_inv -= np.outer(ax, ax) / (1.0 + x @ ax)
+        self._b[i] += reward * x
