@@ -239,22 +239,23 @@ class Calibrated(Reranker):
         total = sum(target.values())
         p = {c: w / total for c, w in target.items()}
         w_kl = 1.0 - trade_off
+        # KL(p || q~) after adding a candidate depends only on its category,
+        # so each step computes it once per distinct category, not per item.
+        kinds = sorted({c for c in cats if c is not None})
+        kind_of = np.array([kinds.index(c) if c is not None else -1 for c in cats])
         chosen: list[int] = []
+        available = np.ones(len(scores), dtype=bool)
         mass: Counter[str] = Counter()
         rel = 0.0
         for _ in range(k):
-            best, best_val = -1, -np.inf
-            for i in range(len(scores)):
-                if i in chosen:
-                    continue
-                c = cats[i]
-                trial = mass.copy()
-                if c is not None:
-                    trial[c] += 1.0
-                val = (1 - w_kl) * (rel + scores[i]) - w_kl * self._kl(p, trial)
-                if val > best_val:
-                    best, best_val = i, val
+            kl_same = self._kl(p, mass)
+            kl_kind = np.array([self._kl(p, mass + Counter({c: 1.0})) for c in kinds])
+            kl = np.where(kind_of >= 0, kl_kind[np.maximum(kind_of, 0)], kl_same)
+            value = (1 - w_kl) * (rel + scores) - w_kl * kl
+            value[~available] = -np.inf
+            best = int(np.argmax(value))
             chosen.append(best)
+            available[best] = False
             rel += scores[best]
             if cats[best] is not None:
                 mass[cats[best]] += 1.0

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from streams.contracts import Event, Outcome, Recommendation
 from streams.experiments import AttributionConfig
 
-__all__ = ["ShownList", "ListReward", "show", "attribute", "close_expired"]
+__all__ = ["ShownList", "ListReward", "show", "attribute", "claim_early", "close_expired"]
 
 
 @dataclass
@@ -102,26 +102,73 @@ def show(
 
 
 def attribute(
-    open_lists: deque[ShownList], event: Event, cfg: AttributionConfig
+    open_lists: deque[ShownList],
+    event: Event,
+    cfg: AttributionConfig,
+    early: deque[Event] | None = None,
 ) -> tuple[list[Outcome], list[ListReward]]:
-    """Credit ``event`` to the list it came from -> (outcomes, rewards of closed lists)."""
+    """Credit ``event`` to the list it came from -> (outcomes, rewards of closed lists).
+
+    An event whose ``rec_id`` names no open list is parked in ``early`` (when
+    given): the dataflow reads ``events`` and ``recommendations`` as two
+    topics, so a fast click can arrive before its list; ``claim_early``
+    credits it once the list is shown.
+    """
     closed = close_expired(open_lists, event.ts, cfg)
-    if event.type == "view" or not open_lists:
+    if event.type == "view":
         return [], closed
-    target, how = None, "window"
     if event.rec_id is not None:
-        target = next((lst for lst in open_lists if lst.rec_id == event.rec_id), None)
-        how = "rec_id"
-    elif event.item_id in open_lists[-1].items:
-        target = open_lists[-1]
-    if target is None or (event.item_id, event.type) in target.credited:
-        return [], closed
+        # Lists can come back out of order, so an open list may be past its
+        # window even when the oldest one is not: check each match.
+        target = next(
+            (
+                lst
+                for lst in open_lists
+                if lst.rec_id == event.rec_id and event.ts - lst.shown_ts <= cfg.window_s
+            ),
+            None,
+        )
+        if target is None:
+            if early is not None:
+                early.append(event)
+                while len(early) > cfg.max_early_events:
+                    early.popleft()
+            return [], closed
+        outcome = _credit(target, event, cfg, "rec_id")
+    elif open_lists and event.item_id in open_lists[-1].items:
+        outcome = _credit(open_lists[-1], event, cfg, "window")
+    else:
+        outcome = None
+    return ([outcome] if outcome else []), closed
+
+
+def claim_early(
+    open_lists: deque[ShownList], early: deque[Event], cfg: AttributionConfig
+) -> list[Outcome]:
+    """Credit parked events whose list is now open (see ``attribute``)."""
+    if not early or not open_lists:
+        return []
+    newest = open_lists[-1]
+    outcomes = []
+    for event in [e for e in early if e.rec_id == newest.rec_id]:
+        early.remove(event)
+        if abs(event.ts - newest.shown_ts) <= cfg.window_s:
+            outcome = _credit(newest, event, cfg, "rec_id")
+            if outcome is not None:
+                outcomes.append(outcome)
+    return outcomes
+
+
+def _credit(target: ShownList, event: Event, cfg: AttributionConfig, how: str) -> Outcome | None:
+    """Credit once per (rec_id, item, type); None when already credited."""
+    if (event.item_id, event.type) in target.credited:
+        return None
     target.credited.add((event.item_id, event.type))
     target.reward += cfg.reward_weights.get(event.type, 0.0)
     revenue = None
     if event.type == "purchase" and event.price is not None and event.quantity is not None:
         revenue = round(event.price * event.quantity, 6)
-    outcome = Outcome(
+    return Outcome(
         rec_id=target.rec_id,
         user_id=event.user_id,
         item_id=event.item_id,
@@ -133,4 +180,3 @@ def attribute(
         revenue=revenue,
         attributed_by=how,
     )
-    return [outcome], closed

@@ -38,7 +38,7 @@ from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, Ka
 from bytewax.dataflow import Dataflow
 
 from streams import metrics
-from streams.attribution import ListReward, attribute, show
+from streams.attribution import ListReward, attribute, claim_early, show
 from streams.bandit import DiversityPolicy, context_vector, new_policy, segment_of
 from streams.catalog import Catalog, CatalogNotFound
 from streams.contracts import (
@@ -148,9 +148,9 @@ class UserStep:
                 item.rec.request_id or f"evt:{item.rec.trigger_event_id}", None
             )
             shown_ts, context = pending if pending else (state.last_ts or 0.0, None)
-            return state, show(
-                state.open_lists, item.rec, shown_ts, context, self.policy.attribution
-            )
+            cfg = self.policy.attribution
+            closed = show(state.open_lists, item.rec, shown_ts, context, cfg)
+            return state, [*claim_early(state.open_lists, state.early, cfg), *closed]
         msg = item.message
         outputs: list = []
         if isinstance(msg, Event):
@@ -160,7 +160,9 @@ class UserStep:
             metrics.EVENTS.labels(msg.type).inc()
             if msg.item_id not in self.catalog.row:
                 metrics.UNKNOWN_ITEMS.inc()
-            outcomes, closed = attribute(state.open_lists, msg, self.policy.attribution)
+            outcomes, closed = attribute(
+                state.open_lists, msg, self.policy.attribution, state.early
+            )
             outputs += outcomes + closed
             request_id, explicit, k, trigger_id = f"evt:{msg.event_id}", None, None, msg.event_id
             metrics.RANK_REQUESTS.labels("event").inc()
@@ -300,6 +302,10 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     topics = Topics(s.topic_prefix)
     brokers = s.brokers.split(",")
     metrics.serve(s.metrics_port)
+    metrics.init_labels(
+        [topics.events, topics.recommendation_requests, topics.recommendations],
+        policy.variants(),
+    )
 
     flow = Dataflow("streams")
     raw = op.input(

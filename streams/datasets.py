@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -403,6 +404,11 @@ def _header(
     return {name: header.index(name) for name in required + optional if name in header}, len(header)
 
 
+def _optional(fields: list[str], col: dict[str, int], name: str, cast: type) -> Any:
+    """An optional column's value cast to ``cast``, or None when absent or empty."""
+    return cast(fields[col[name]]) if name in col and fields[col[name]] else None
+
+
 def _read_generic(reader: _Reader, interactions: Path, items_csv: Path) -> dict[str, Item]:
     """A generic ``interactions.csv`` + ``items.csv`` pair.
 
@@ -410,7 +416,8 @@ def _read_generic(reader: _Reader, interactions: Path, items_csv: Path) -> dict[
     become bad records. A missing or empty ``type`` means "click"; an empty title falls
     back to the item id and an empty category to None. Items that appear only in
     interactions.csv are kept with title = item id; a repeated item_id row in items.csv
-    is a bad record (the first one wins).
+    is a bad record (the first one wins). Optional ``price`` and ``quantity`` columns
+    of interactions.csv travel with the events (revenue of attributed purchases).
     """
     items: dict[str, Item] = {}
     rows = reader.rows(items_csv)
@@ -429,7 +436,9 @@ def _read_generic(reader: _Reader, interactions: Path, items_csv: Path) -> dict[
             items[item] = Item(item, fields[col["title"]] or item, category or None)
 
     rows = reader.rows(interactions)
-    col, width = _header(rows, interactions, ("user_id", "item_id", "ts"), ("type",))
+    col, width = _header(
+        rows, interactions, ("user_id", "item_id", "ts"), ("type", "price", "quantity")
+    )
     for fields in rows:
         if len(fields) != width:
             reader.reject(_column_count(len(fields), width))
@@ -444,10 +453,12 @@ def _read_generic(reader: _Reader, interactions: Path, items_csv: Path) -> dict[
             continue
         try:
             ts = _parse_ts(fields[col["ts"]])
+            price = _optional(fields, col, "price", float)
+            quantity = _optional(fields, col, "quantity", int)
         except ValueError as exc:
-            reader.reject(str(exc))
+            reader.reject(f"bad ts, price or quantity: {exc}")
             continue
-        reader.add(f"g-{reader.line}", user, item, type_, ts)
+        reader.add(f"g-{reader.line}", user, item, type_, ts, price, quantity)
         if item not in items:
             items[item] = Item(item, item, None)
     return items

@@ -64,7 +64,10 @@ class Arm(_Strict):
 
     @property
     def name(self) -> str:
-        return f"{self.reranker}:{self.trade_off:g}"
+        # Short ("mmr:1", "mmr:0.7") where :g is exact; repr where :g would drop digits.
+        short = f"{self.trade_off:g}"
+        exact = short if float(short) == self.trade_off else repr(self.trade_off)
+        return f"{self.reranker}:{exact}"
 
     @classmethod
     def from_name(cls, name: str) -> Arm:
@@ -111,6 +114,9 @@ class AttributionConfig(_Strict):
         }
     )
     max_open_lists: int = Field(5, ge=1, description="recent lists kept per user for rec_id")
+    max_early_events: int = Field(
+        32, ge=0, description="events kept per user whose rec_id list has not arrived yet"
+    )
 
 
 class Variant(_Strict):
@@ -195,10 +201,21 @@ class PolicyConfig(_Strict):
                 f"experiments' traffic shares sum to {total:g} > 1: they would overlap "
                 "(each user is in at most one experiment)"
             )
+        same = [e.name for e in self.experiments if e.salt == self.layer_salt]
+        if same:
+            raise ValueError(
+                f"experiments {same} use the layer_salt as their salt: traffic and variant "
+                "would come from one hash and split nobody; give each its own salt"
+            )
         arm_names = [a.name for a in self.arms]
         if len(set(arm_names)) != len(arm_names):
             raise ValueError(f"duplicate arms {arm_names}")
         return self
+
+    def variants(self) -> list[tuple[str, str]]:
+        """Every (experiment, variant) a list can carry, ``NO_EXPERIMENT`` included."""
+        pairs = [(e.name, v.name) for e in self.experiments for v in e.variants]
+        return [(NO_EXPERIMENT["name"], NO_EXPERIMENT["variant"]), *pairs]
 
     def arm(self, name: str) -> Arm:
         """An arm by name (``reranker:trade_off``)."""

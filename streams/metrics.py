@@ -22,6 +22,7 @@ __all__ = [
     "UNKNOWN_ITEMS",
     "RANK_REQUESTS",
     "serve",
+    "init_labels",
 ]
 
 EVENTS = Counter(
@@ -63,6 +64,26 @@ BANDIT_MEAN_REWARD = Gauge(
 )
 
 _served: set[int] = set()
+
+
+def init_labels(input_topics: list[str], experiments: list[tuple[str, str]]) -> None:
+    """Create every known label set at 0, so ``rate()`` sees the first increase.
+
+    ``experiments``: (experiment, variant) pairs from the experiments file.
+    """
+    from streams.contracts import EVENT_TYPES
+
+    for t in EVENT_TYPES:
+        EVENTS.labels(t)
+    for topic in input_topics:
+        DEAD_LETTERS.labels(topic)
+    for trigger in ("event", "request"):
+        RANK_REQUESTS.labels(trigger)
+    for name, variant in experiments:
+        REVENUE.labels(name, variant)
+        for t in EVENT_TYPES:
+            if t != "view":
+                OUTCOMES.labels(name, variant, t)
 
 
 def serve(port: int) -> None:

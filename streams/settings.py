@@ -9,6 +9,7 @@ environment, which is how ``streamrec dataflow`` hands its flags over.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +76,16 @@ class Settings(BaseSettings):
     )
     history_items: int = Field(5, ge=1, description="recent item texts the LM reads per user")
     device: str = Field("auto", description="auto | cpu | cuda")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="worker LM: none | int8 (dynamic int8 nn.Linear, CPU only)"
+    )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="seconds between checks of --artifact for a new version (0 = off)"
+    )
+    cross_encoder: Path | None = Field(
+        None, description="cross-encoder folder that rescores the top candidates; None = off"
+    )
+    cross_top_n: int = Field(20, ge=1, description="candidates the cross-encoder rescores")
 
     # --- observability ---
     metrics_port: int = Field(9100, ge=0, description="Prometheus /metrics port; 0 = off")

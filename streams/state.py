@@ -53,6 +53,7 @@ class UserState:
     # (event time, context) of requests whose list has not come back yet.
     open_lists: deque = field(default_factory=deque)
     pending: OrderedDict = field(default_factory=OrderedDict)
+    early: deque = field(default_factory=deque)  # events that beat their list (attribution)
 
     def unit_embedding(self) -> np.ndarray | None:
         """The embedding scaled to unit length, or None while the user is cold."""

@@ -54,6 +54,14 @@ class DiversityPolicy(ABC):
         self.updates += 1
         self._update(arm, reward, context)
 
+    def reseed(self, seed: int) -> None:  # noqa: B027 - an optional hook, no-op by default
+        """Give a reloaded copy its own randomness (no-op for deterministic policies).
+
+        A policy reloaded from ``bandit-weights`` carries the RNG state it was
+        published with; without reseeding, every reload would replay the same
+        draws.
+        """
+
     def mean_reward(self, arm: str) -> float:
         return self.reward_sum[arm] / self.pulls[arm] if self.pulls[arm] else 0.0
 

@@ -40,7 +40,9 @@ class PolicyBook:
         with self._lock:
             if updates < self._versions.get(key, -1):
                 return False
-            self._policies[key] = policy_from_state(state)
+            policy = policy_from_state(state)
+            policy.reseed(self._rng.randrange(2**32))
+            self._policies[key] = policy
             self._versions[key] = updates
         return True
 

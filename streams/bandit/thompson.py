@@ -34,6 +34,11 @@ class Thompson(DiversityPolicy):
         self._policy = bandit.ThompsonSampling(reward_obj=proba.Beta(), seed=seed)
         self._trials = random.Random(seed)
 
+    def reseed(self, seed: int) -> None:
+        draws = random.Random(seed)
+        for dist in self._policy._rewards.values():  # river keeps one Beta per arm
+            dist._rng = random.Random(draws.randrange(2**32))
+
     def _pull(self, context: np.ndarray | None, rng: random.Random) -> str:
         return self._policy.pull(self.arms)
 
