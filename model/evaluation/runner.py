@@ -44,12 +44,13 @@ def evaluate_p1(
     fold: Literal["test", "valid"] = "test",
     embeddings: ReferenceEmbeddings | None = None,
     progress: bool = False,
+    users: np.ndarray | None = None,
 ) -> Results:
     """P1 leave-last-out, full ranking: method name -> metrics (``n``, ``seconds`` too).
 
     ``mask`` removes each user's history items from their candidates. Pass
     ``split`` (from :func:`leave_last_out`) and ``embeddings`` to reuse them
-    across calls.
+    across calls; ``users`` (user codes) evaluates a subsample (default: all).
     """
     split = split if split is not None else leave_last_out(dataset.interactions)
     embeddings = embeddings if embeddings is not None else ReferenceEmbeddings(dataset.items)
@@ -57,17 +58,18 @@ def evaluate_p1(
     vectors = embeddings(split.item_ids)
     categories = _categories(dataset, split.item_ids)
     item_users, n_users = data.item_users(), len(split.user_ids)
+    chosen = np.arange(n_users) if users is None else np.asarray(users, dtype=np.int64)
     results: Results = {}
     for name, method in methods.items():
         acc = QualityAccumulator(k, vectors, categories)
         start = perf_counter()
         method.fit(data.train)
-        batches = range(0, n_users, _BATCH)
+        batches = range(0, len(chosen), _BATCH)
         for first in tqdm(batches, desc=f"P1 {name}", unit="batch", disable=not progress):
-            users = np.arange(first, min(first + _BATCH, n_users))
-            exclude = [data.history(u) for u in users] if mask else None
+            part = chosen[first : first + _BATCH]
+            exclude = [data.history(u) for u in part] if mask else None
             for user, ranked in zip(
-                users, method.recommend_many(users, k, None, exclude), strict=True
+                part, method.recommend_many(part, k, None, exclude), strict=True
             ):
                 acc.add(ranked, data.targets[user : user + 1], item_users, n_users)
         results[name] = {**acc.summary(len(split.item_ids)), "seconds": perf_counter() - start}
