@@ -32,7 +32,7 @@ prometheus:
 	command -v prometheus >/dev/null || ( \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends prometheus) \
-	  || echo "warning: could not install prometheus; the dashboard integration test will skip"; \
+	  || echo "warning: could not install prometheus (the dashboards' integration test skips, or fails under CI)"; \
 	  if command -v prometheus >/dev/null; then \
 	    invoke-rc.d prometheus stop >/dev/null 2>&1 || true; \
 	    update-rc.d prometheus disable >/dev/null 2>&1 || true; \
