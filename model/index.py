@@ -3,7 +3,9 @@
 ``build_catalog`` embeds every item's text with the encoder (the item tower)
 and writes a ``streams.catalog.Catalog`` folder. The folder name is keyed by
 the dataset's fingerprint and the model's fingerprint, so a second start with
-the same data and model loads it instead of recomputing.
+the same data and model loads it instead of recomputing. An encoder loaded
+from a fine-tuned artifact brings its own catalog (built by ``streamrec
+finetune``), which is used as is when it was built for the same dataset.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from model.encoder import Encoder
 from streams.catalog import Catalog
 from streams.datasets import Dataset
 
-__all__ = ["catalog_dir", "build_catalog", "derive_categories"]
+__all__ = ["catalog_dir", "build_catalog", "make_catalog", "derive_categories"]
 
 
 def derive_categories(vectors: np.ndarray, seed: int = 0) -> tuple[list[str | None], str]:
@@ -53,9 +55,25 @@ def build_catalog(
     dataset: Dataset, encoder: Encoder, cache_dir: Path, progress: bool = True
 ) -> tuple[Path, bool]:
     """Build (or reuse) the catalog folder -> (path, built_now)."""
+    artifact = getattr(encoder, "artifact", None)
+    if artifact and artifact.catalog_dir and artifact.data_fingerprint == dataset.fingerprint:
+        return artifact.catalog_dir, False
     path = catalog_dir(cache_dir, dataset, encoder)
     if (path / "manifest.json").is_file():
         return path, False
+    catalog = make_catalog(dataset, encoder, progress)
+    # Write to a sibling temp folder, then rename: a crash never leaves a
+    # half-written folder that a later start would trust.
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    catalog.save(tmp)
+    tmp.rename(path)
+    (path / "build.json").write_text(json.dumps({"seconds": catalog.manifest["build_seconds"]}))
+    return path, True
+
+
+def make_catalog(dataset: Dataset, encoder: Encoder, progress: bool = True) -> Catalog:
+    """Embed every item of ``dataset`` with ``encoder`` -> an in-memory :class:`Catalog`."""
     started = time.time()
     item_ids = sorted(dataset.items)
     titles = [dataset.items[i].title for i in item_ids]
@@ -80,12 +98,4 @@ def build_catalog(
         "created_ts": time.time(),
         "build_seconds": round(time.time() - started, 2),
     }
-    catalog = Catalog(item_ids, titles, categories, vectors, popularity, manifest)
-    # Write to a sibling temp folder, then rename: a crash never leaves a
-    # half-written folder that a later start would trust.
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    catalog.save(tmp)
-    tmp.rename(path)
-    (path / "build.json").write_text(json.dumps({"seconds": manifest["build_seconds"]}))
-    return path, True
+    return Catalog(item_ids, titles, categories, vectors, popularity, manifest)

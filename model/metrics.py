@@ -20,6 +20,7 @@ __all__ = [
     "EVENT_TO_RECOMMENDATION_SECONDS",
     "MODEL_INFO",
     "serve",
+    "init_labels",
 ]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -80,6 +81,12 @@ MODEL_INFO = Gauge(
 )
 
 _served: set[int] = set()
+
+
+def init_labels(experiments: list[tuple[str, str]]) -> None:
+    """Create the per-variant series at 0, so ``rate()`` sees the first lists."""
+    for name, variant in experiments:
+        RECOMMENDATIONS.labels(name, variant)
 
 
 def serve(port: int) -> None:

@@ -14,7 +14,7 @@ popularity, is kept). ``Scorer`` is the base class for pluggable scorers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,10 +22,20 @@ from model.encoder import Encoder
 from streams.catalog import Catalog
 from streams.contracts import RankRequest
 
-__all__ = ["Scorer", "TwoTowerScorer", "Scored"]
+__all__ = ["Scorer", "TwoTowerScorer", "Scored", "history_text"]
 
 #: (catalog rows of the candidates, their scores), aligned.
 Scored = tuple[np.ndarray, np.ndarray]
+
+
+def history_text(
+    recent_items: Sequence[str], title_of: Callable[[str], str | None], n: int
+) -> str | None:
+    """The text the user tower reads: the first ``n`` recent items' titles (newest
+    first, items without a title skipped), joined by `` ; ``. Fine-tuning builds
+    its training contexts with this same function."""
+    titles = [t for t in map(title_of, recent_items[:n]) if t is not None]
+    return " ; ".join(titles) if titles else None
 
 
 class Scorer(ABC):
@@ -53,15 +63,15 @@ class TwoTowerScorer(Scorer):
 
     def history_text(self, recent_items: Sequence[str]) -> str | None:
         """The text the user tower reads: recent item titles, newest first."""
-        titles = [
-            self.catalog.titles[self.catalog.row[i]]
-            for i in recent_items[: self.history_items]
-            if i in self.catalog.row
-        ]
-        return " ; ".join(titles) if titles else None
+        return history_text(recent_items, self._title, self.history_items)
+
+    def _title(self, item_id: str) -> str | None:
+        row = self.catalog.row.get(item_id)
+        return None if row is None else self.catalog.titles[row]
 
     def score(self, requests: Sequence[RankRequest]) -> list[Scored]:
-        texts = [self.history_text(r.recent_items) for r in requests]
+        # blend 0 = streamed embedding only: skip the LM forward pass entirely.
+        texts = [self.history_text(r.recent_items) if self.blend > 0 else None for r in requests]
         todo = [i for i, t in enumerate(texts) if t is not None]
         queries: dict[int, np.ndarray] = {}
         if todo:
@@ -82,5 +92,7 @@ class TwoTowerScorer(Scorer):
         if not parts:
             return rows, retrieval
         total = sum(w for w, _ in parts)
+        if total == 0:  # only the side the blend gives no weight exists: use it alone
+            parts, total = [(1.0, s) for _, s in parts], float(len(parts))
         scores = sum(w * s for w, s in parts) / total
         return rows, scores.astype(np.float32)

@@ -12,6 +12,15 @@ The loop, per micro-batch:
    after a crash carries the same deterministic ``rec_id``.
 
 Several workers share ``rank-requests`` through one consumer group.
+
+Model reload: with ``--artifact`` (a version folder or the ``current`` link of
+``streamrec finetune``), a background thread checks the version it points at
+every ``reload_interval_s`` seconds and on SIGHUP; a new version's ranker
+(encoder + the artifact's catalog) is loaded beside the serving one and swapped
+in between two batches, so no batch mixes versions and nothing restarts. The
+dataflow keeps the catalog it started with: its user vectors stay in the old
+model's space until it is restarted on the new catalog (the fine-tuned models
+share a base, so the spaces stay close; the LM query side is always current).
 """
 
 from __future__ import annotations
@@ -22,16 +31,18 @@ import signal
 import threading
 import time
 from collections import OrderedDict, deque
+from pathlib import Path
 from types import FrameType
 
 import numpy as np
 from confluent_kafka import Message
 
 from model import metrics
+from model.artifact import artifact_version
 from model.encoder import Encoder
 from model.ranker import Ranker
 from model.rerank import MMR, intra_list_diversity
-from model.scoring import TwoTowerScorer
+from model.scoring import Scorer, TwoTowerScorer
 from streams.bandit.book import PolicyBook
 from streams.catalog import Catalog, CatalogNotFound
 from streams.contracts import DeadLetter, RankRequest, Recommendation, Topics, parse_rank_request
@@ -39,7 +50,7 @@ from streams.experiments import load_config
 from streams.kafka import TopicFollower, consumer, producer
 from streams.settings import Settings
 
-__all__ = ["Worker", "build_ranker", "WORKER_GROUP", "DeliveryFailed"]
+__all__ = ["Worker", "build_ranker", "load_ranker", "WORKER_GROUP", "DeliveryFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +62,45 @@ class DeliveryFailed(RuntimeError):
 
 
 def build_ranker(
-    settings: Settings, catalog: Catalog, book: PolicyBook | None = None
+    settings: Settings,
+    catalog: Catalog,
+    book: PolicyBook | None = None,
+    encoder: Encoder | None = None,
 ) -> Ranker:
     """The ranking path for ``settings``: two-tower LM scoring, MMR by default.
 
     With a ``book`` (the latest bandit policies), requests of bandit variants
     get the bandit's arm; others their variant's fixed arm or MMR at
-    ``settings.mmr_lambda``.
+    ``settings.mmr_lambda``. ``settings.quantize`` picks the int8 CPU path;
+    ``settings.cross_encoder`` adds the cross-encoder over the top candidates.
+    Lists carry the encoder's name: the artifact's version when it is one.
     """
-    encoder = Encoder(settings.artifact, device=settings.device)
-    scorer = TwoTowerScorer(encoder, catalog, settings.lm_blend, settings.history_items)
+    if encoder is None:
+        encoder = Encoder(settings.artifact, device=settings.device, quantize=settings.quantize)
+    scorer: Scorer = TwoTowerScorer(encoder, catalog, settings.lm_blend, settings.history_items)
+    if settings.cross_encoder is not None:
+        from model.crossencoder import CrossEncoder, CrossEncoderScorer
+
+        cross = CrossEncoder(settings.cross_encoder, device=settings.device)
+        scorer = CrossEncoderScorer(scorer, cross, settings.cross_top_n)
     return Ranker(scorer, MMR(), catalog, settings.mmr_lambda, encoder.name, book)
+
+
+def load_ranker(settings: Settings, book: PolicyBook | None = None) -> Ranker:
+    """The worker's ranker: the artifact's own catalog when it has one, else ``--catalog``.
+
+    The item vectors must come from the model that embeds the query, so a
+    fine-tuned artifact's catalog wins over ``settings.catalog``.
+    """
+    encoder = Encoder(settings.artifact, device=settings.device, quantize=settings.quantize)
+    own = encoder.artifact.catalog_dir if encoder.artifact else None
+    path = own or settings.catalog
+    if path is None:
+        raise CatalogNotFound(
+            "no catalog: set --catalog / STREAMREC_CATALOG, or --artifact a fine-tuned "
+            "artifact (it carries its catalog)"
+        )
+    return build_ranker(settings, Catalog.load(path), book, encoder)
 
 
 class Worker:
@@ -70,30 +109,86 @@ class Worker:
     def __init__(self, settings: Settings, ranker: Ranker | None = None) -> None:
         if not settings.brokers:
             raise ValueError("no brokers: set --brokers / STREAMREC_BROKERS")
-        if settings.catalog is None:
-            raise CatalogNotFound("no catalog: set --catalog / STREAMREC_CATALOG")
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
-        self.book = PolicyBook(load_config(settings.experiments))
-        self.ranker = ranker or build_ranker(settings, Catalog.load(settings.catalog), self.book)
+        policy = load_config(settings.experiments)
+        self.book = PolicyBook(policy)
+        metrics.init_labels(policy.variants())
+        self.ranker = ranker or load_ranker(settings, self.book)
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._catalog = self.ranker.catalog
         self._recent_lists: deque[list[int]] = deque(maxlen=1000)
         self._recent_ild: deque[float] = deque(maxlen=1000)
         self._stop = threading.Event()
-        device = getattr(getattr(self.ranker.scorer, "encoder", None), "device", "cpu")
-        metrics.MODEL_INFO.labels(self.ranker.model_version, str(device)).set(1)
+        self._reload_now = threading.Event()
+        self._pending: Ranker | None = None
+        self._variant_rankers: dict[str, Ranker] = {}
+        metrics.MODEL_INFO.labels(self.ranker.model_version, self._device(self.ranker)).set(1)
+
+    @staticmethod
+    def _device(ranker: Ranker) -> str:
+        encoder = getattr(ranker.scorer, "encoder", None)
+        return str(getattr(encoder, "device", "cpu"))
 
     def stop(self, *_: object) -> None:
         """Finish the current batch, commit, and leave the loop."""
         self._stop.set()
+        self._reload_now.set()  # wake the artifact watcher so it can leave too
 
     def install_signal_handlers(self) -> None:
         def handler(_sig: int, _frame: FrameType | None) -> None:
             self.stop()
 
+        def reload(_sig: int, _frame: FrameType | None) -> None:
+            self._reload_now.set()
+
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, reload)
+
+    def check_reload(self) -> bool:
+        """Load the version ``--artifact`` points at now, if it is not the one served.
+
+        The new ranker is staged; :meth:`handle` swaps it in before its next
+        batch. Returns True when one was staged.
+        """
+        if self.settings.artifact is None:
+            return False
+        version = artifact_version(self.settings.artifact)
+        staged = self._pending.model_version if self._pending is not None else None
+        if version is None or version in (self.ranker.model_version, staged):
+            return False
+        log.info("artifact %s: loading version %s", self.settings.artifact, version)
+        self._pending = load_ranker(self.settings, self.book)
+        return True
+
+    def _swap(self) -> None:
+        """Serve the staged ranker from this batch on (called between batches)."""
+        new, self._pending = self._pending, None
+        if new is None:
+            return
+        old, self.ranker, self._catalog = self.ranker, new, new.catalog
+        self._recent_lists.clear()
+        self._recent_ild.clear()
+        metrics.MODEL_RELOADS.inc()
+        metrics.MODEL_INFO.remove(old.model_version, self._device(old))
+        metrics.MODEL_INFO.labels(new.model_version, self._device(new)).set(1)
+        log.info("model %s -> %s", old.model_version, new.model_version)
+
+    def _watch_artifact(self) -> None:
+        """Background thread: check for a new version every interval and on SIGHUP."""
+        interval = self.settings.reload_interval_s or None  # 0: on SIGHUP only
+        while not self._stop.is_set():
+            self._reload_now.wait(interval)
+            self._reload_now.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.check_reload()
+            except (OSError, ValueError, RuntimeError) as exc:
+                log.warning(
+                    "model reload failed, still serving %s: %s", self.ranker.model_version, exc
+                )
 
     def _fresh(self, request: RankRequest) -> bool:
         if request.request_id in self._answered:
@@ -106,6 +201,7 @@ class Worker:
 
     def handle(self, messages: list[Message]) -> list[tuple[str, bytes, bytes | None]]:
         """Parse + rank one batch -> the (topic, value, key) records to produce."""
+        self._swap()
         requests: list[RankRequest] = []
         out: list[tuple[str, bytes, bytes | None]] = []
         for m in messages:
@@ -119,13 +215,37 @@ class Worker:
         metrics.QUEUE_DEPTH.set(len(requests))
         if requests:
             started = time.perf_counter()
-            recs = self.ranker.recommend(requests)
+            recs = self._recommend(requests)
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
             metrics.BATCH_SIZE.observe(len(requests))
             for rec in recs:
                 out.append((self.topics.recommendations, rec.to_bytes(), rec.user_id.encode()))
                 self._observe(rec)
         return out
+
+    def _recommend(self, requests: list[RankRequest]) -> list[Recommendation]:
+        """Rank each request with its variant's model; lists keep the batch order.
+
+        Requests of a variant that serves another artifact (``policy.artifact``
+        from the experiments file) go to a ranker for that artifact, loaded on
+        first use and kept; the rest go to the worker's own ranker.
+        """
+        groups: dict[str | None, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.policy.get("artifact"), []).append(i)
+        out: list[Recommendation | None] = [None] * len(requests)
+        for artifact, idx in groups.items():
+            ranker = self.ranker if artifact is None else self._variant_ranker(str(artifact))
+            for i, rec in zip(idx, ranker.recommend([requests[i] for i in idx]), strict=True):
+                out[i] = rec
+        return [rec for rec in out if rec is not None]
+
+    def _variant_ranker(self, artifact: str) -> Ranker:
+        if artifact not in self._variant_rankers:
+            log.info("loading the model of an experiment variant: %s", artifact)
+            settings = self.settings.model_copy(update={"artifact": Path(artifact)})
+            self._variant_rankers[artifact] = load_ranker(settings, self.book)
+        return self._variant_rankers[artifact]
 
     def _lag_from_stats(self, stats_json: str) -> None:
         """librdkafka statistics -> per-partition lag (the broker's high mark, when known)."""
@@ -168,6 +288,10 @@ class Worker:
         threading.Thread(
             target=self._follow_bandit_weights, name="bandit-weights", daemon=True
         ).start()
+        if s.artifact is not None:
+            threading.Thread(
+                target=self._watch_artifact, name="artifact-watch", daemon=True
+            ).start()
         cons = consumer(
             s.brokers,
             WORKER_GROUP + (f"-{s.topic_prefix}" if s.topic_prefix else ""),

@@ -105,6 +105,9 @@ def index(
     artifact: Artifact = None,
     cache_dir: CacheDir = _d("cache_dir"),
     device: Device = _d("device"),
+    link: Annotated[
+        Path | None, _opt("link", "Also point this symlink at the catalog (a fixed path)")
+    ] = None,
 ) -> None:
     """Embed every item of a dataset and build the FAISS index (cached)."""
     from model.encoder import Encoder
@@ -114,6 +117,12 @@ def index(
     s = _settings(data=data, artifact=artifact, cache_dir=cache_dir, device=device)
     dataset = load_dataset(s.data)
     path, built = build_catalog(dataset, Encoder(s.artifact, device=s.device), s.cache_dir)
+    if link is not None:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(link.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(path.resolve())
+        tmp.replace(link)  # atomic: readers never see a missing link
     typer.echo(f"{'built' if built else 'cached'}: {path}")
 
 
@@ -157,7 +166,8 @@ def dataflow(
     """Run the Bytewax dataflow (wraps `python -m bytewax.run`).
 
     Extra arguments go to bytewax.run: -w N, -i ID -a 'h:p;h:p', -r DIR, -s S, -b S.
-    With -i, the metrics port is offset by the process id.
+    With -i, the metrics port is offset by the process id; an empty -r folder
+    gets its recovery partitions created first.
     """
     args = list(ctx.args)
     if "-i" in args:
@@ -169,9 +179,25 @@ def dataflow(
         raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
     if s.catalog is None:
         raise click.UsageError("--catalog is required (build one with `streamrec index`)")
+    if "-r" in args:
+        _init_recovery(Path(args[args.index("-r") + 1]))
     os.environ.update(settings_env(s))
     cmd = [sys.executable, "-m", "bytewax.run", "streams.dataflow:build_flow()", *args]
     os.execv(sys.executable, cmd)
+
+
+def _init_recovery(path: Path) -> None:
+    """Create Bytewax recovery partitions in an empty or missing folder.
+
+    ``python -m bytewax.recovery`` refuses a folder that already has
+    partitions, so a restart (the point of recovery) finds them and goes on.
+    """
+    import subprocess
+
+    if path.is_dir() and any(path.iterdir()):
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), "1"], check=True)
 
 
 @app.command()
@@ -191,8 +217,25 @@ def worker(
         "mmr_lambda"
     ),
     device: Device = _d("device"),
+    quantize: Annotated[
+        str, _opt("quantize", "none | int8 (dynamic int8 Linear layers, CPU only)")
+    ] = _d("quantize"),
+    cross_encoder: Annotated[
+        Path | None, _opt("cross-encoder", "Cross-encoder folder rescoring the top candidates")
+    ] = None,
+    cross_top_n: Annotated[int, _opt("cross-top-n", "Candidates the cross-encoder rescores")] = _d(
+        "cross_top_n"
+    ),
+    reload_interval_s: Annotated[
+        float,
+        _opt("reload-interval-s", "Seconds between checks of --artifact for a new version"),
+    ] = _d("reload_interval_s"),
 ) -> None:
-    """Run the inference worker: rank-requests -> recommendations."""
+    """Run the inference worker: rank-requests -> recommendations.
+
+    With --artifact pointing at a fine-tuned artifact's `current` link, a new
+    version is loaded and swapped in between batches (also on SIGHUP).
+    """
     import logging
 
     from model.worker import Worker
@@ -208,6 +251,10 @@ def worker(
         max_wait_ms=max_wait_ms,
         mmr_lambda=mmr_lambda,
         device=device,
+        quantize=quantize,
+        cross_encoder=cross_encoder,
+        cross_top_n=cross_top_n,
+        reload_interval_s=reload_interval_s,
     )
     w = Worker(s)
     w.install_signal_handlers()
@@ -219,6 +266,7 @@ def demo(
     events: Annotated[int, _opt("events", "How many events of the dataset to replay")] = 3000,
     rate: Annotated[float, _opt("rate", "Events per second (0 = as fast as possible)")] = 100.0,
     data: Data = None,
+    artifact: Artifact = None,
     partitions: Partitions = _d("partitions"),
     cache_dir: CacheDir = _d("cache_dir"),
     metrics_port: MetricsPort = _d("metrics_port"),
@@ -226,7 +274,13 @@ def demo(
     """Everything embedded: broker, dataflow, worker, replay, live progress, report."""
     from streamrec.demo import run_demo
 
-    s = _settings(data=data, partitions=partitions, cache_dir=cache_dir, metrics_port=metrics_port)
+    s = _settings(
+        data=data,
+        artifact=artifact,
+        partitions=partitions,
+        cache_dir=cache_dir,
+        metrics_port=metrics_port,
+    )
     run_demo(s, events=events, rate=rate)
 
 
@@ -313,6 +367,216 @@ def experiment_report(
     for r in report.experiments:
         if r.srm.mismatch:
             typer.echo(f"streamrec: warning: {r.experiment}: {r.srm.message}", err=True)
+
+
+@app.command()
+def simulate(
+    lists: Annotated[int, _opt("lists", "Lists to simulate (all variants together)")] = 5000,
+    users: Annotated[int, _opt("users", "Simulated users")] = 2000,
+    policy: Annotated[str, _opt("policy", "Bandit policy: thompson | ucb | linucb")] = "thompson",
+    seed: Annotated[int, _opt("seed", "World seed")] = 7,
+    out: Annotated[Path | None, _opt("out", "Write the summary JSON here")] = None,
+) -> None:
+    """Simulated shoppers vs the diversity bandit, through the real topics."""
+    from streamrec.simulator import run_simulation
+
+    summary = run_simulation(lists=lists, users=users, policy=policy, seed=seed).summary()
+    text = json.dumps(summary, indent=2)
+    typer.echo(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
+@app.command()
+def evaluate(
+    data: Data = None,
+    protocol: Annotated[
+        str, _opt("protocol", "leave-last-out (P1) | prequential (P2, online-retail)")
+    ] = "leave-last-out",
+    methods: Annotated[
+        str, _opt("methods", "Comma-separated: popularity,repeat-buy,item-knn,content,streamrec")
+    ] = "popularity,repeat-buy,item-knn,content,streamrec",
+    mask: Annotated[
+        str, _opt("mask", "P1 history masking: none | history | both (P2 reports all + new)")
+    ] = "both",
+    k: Annotated[int, _opt("k", "List length")] = _d("k"),
+    sweep: Annotated[
+        bool, _opt("sweep", "P1: also sweep every reranker x trade-off (sweep.json/.md/.png)")
+    ] = False,
+    out: Annotated[
+        Path | None, _opt("out", "Output folder (default: docs/eval/<dataset>-<protocol>)")
+    ] = None,
+    through_kafka: Annotated[
+        bool,
+        _opt(
+            "through-kafka",
+            "Instead of the tables: replay --slice events through the real broker, dataflow "
+            "and worker and compare their lists with the in-process system",
+        ),
+    ] = False,
+    slice_events: Annotated[int, _opt("slice", "Events replayed by --through-kafka")] = 2000,
+    artifact: Artifact = None,
+    cache_dir: CacheDir = _d("cache_dir"),
+    device: Device = _d("device"),
+) -> None:
+    """Quality tables (EVALUATION.md) for the baselines and streamrec itself."""
+    from streamrec.evaluate import MASKS, METHODS, PROTOCOLS, run_evaluate, run_through_kafka
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown or not chosen:
+        raise click.UsageError(f"--methods: unknown {unknown or 'none given'}; known: {METHODS}")
+    if protocol not in PROTOCOLS:
+        raise click.UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+    if mask not in MASKS:
+        raise click.UsageError(f"--mask must be one of {', '.join(MASKS)}")
+    if sweep and protocol != "leave-last-out":
+        raise click.UsageError("--sweep runs on --protocol leave-last-out")
+    s = _settings(data=data, artifact=artifact, cache_dir=cache_dir, device=device, k=k)
+    if through_kafka:
+        report = run_through_kafka(s, slice_events, out)
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    run_evaluate(s, protocol, chosen, mask=mask, k=k, sweep=sweep, out=out)
+
+
+def _passive_omp() -> None:
+    """Sleeping, not spinning, OpenMP threads (before torch loads).
+
+    On a shared CPU a spinning thread whose partner lost its core stalls every
+    parallel region: a training step measured 15 s with two spinning threads
+    and another process on one core, 3.5 s with passive waiting.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@app.command()
+def finetune(
+    out: Annotated[Path, _opt("out", "Artifacts folder: writes OUT/<version>/ and OUT/current")],
+    data: Data = None,
+    base: Annotated[
+        Path | None, _opt("base", "Base HF model folder or artifact (default: all-MiniLM-L6-v2)")
+    ] = None,
+    alpha: Annotated[float, _opt("alpha", "Weight of the diversity (uniformity) term")] = 0.1,
+    epochs: Annotated[int, _opt("epochs", "Epochs (each --epoch-pairs fresh pairs)")] = 12,
+    epoch_pairs: Annotated[
+        int, _opt("epoch-pairs", "Training pairs drawn per epoch (0 = every pair)")
+    ] = 4096,
+    max_steps: Annotated[int, _opt("max-steps", "Stop after this many steps (0 = no cap)")] = 0,
+    batch_size: Annotated[int, _opt("batch-size", "Pairs per step (in-batch negatives)")] = 64,
+    lr: Annotated[float, _opt("lr", "AdamW learning rate")] = 1e-4,
+    seed: Annotated[int, _opt("seed", "Seed for pair sampling, validation users, init")] = 13,
+    val_users: Annotated[int, _opt("val-users", "Validation users (NDCG@10, all items)")] = 300,
+    patience: Annotated[int, _opt("patience", "Epochs without improvement before stopping")] = 3,
+    max_minutes: Annotated[
+        float, _opt("max-minutes", "Training time budget in minutes (0 = none)")
+    ] = 15.0,
+    resume: Annotated[bool, _opt("resume", "Continue from OUT/checkpoint")] = False,
+    device: Device = _d("device"),
+) -> None:
+    """Fine-tune the encoder on the data's interactions; publish a versioned artifact."""
+    _passive_omp()
+    from model.finetune import FinetuneConfig
+    from model.finetune import finetune as run
+
+    cfg = FinetuneConfig(
+        alpha=alpha,
+        epochs=epochs,
+        epoch_pairs=epoch_pairs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        val_users=val_users,
+        patience=patience,
+        max_minutes=max_minutes,
+        device=device,
+    )
+    s = _settings(data=data)
+    result = run(s.data, out, base=base, cfg=cfg, resume=resume)
+    m = result.manifest["metrics"]
+    typer.echo(
+        f"{result.path} (current): val NDCG@10 {m['val_ndcg@10_pretrained']:.4f} -> "
+        f"{m['best_val_ndcg@10']:.4f} (epoch {m['best_epoch']}), "
+        f"{result.manifest['steps']} steps, {result.manifest['total_seconds']:.0f} s"
+    )
+
+
+@app.command("finetune-cross")
+def finetune_cross(
+    out: Annotated[Path, _opt("out", "Cross-encoder folder to write (model/ + manifest.json)")],
+    data: Data = None,
+    base: Annotated[
+        Path | None, _opt("base", "Base HF model folder (default: all-MiniLM-L6-v2)")
+    ] = None,
+    first_stage: Annotated[
+        Path | None,
+        _opt("first-stage", "Two-tower artifact that mines hard negatives (default: the base)"),
+    ] = None,
+    max_minutes: Annotated[float, _opt("max-minutes", "Training time budget in minutes")] = 6.0,
+    max_steps: Annotated[int, _opt("max-steps", "Stop after this many steps (0 = no cap)")] = 0,
+    train_pairs: Annotated[int, _opt("train-pairs", "Training pairs sampled")] = 4096,
+    device: Device = _d("device"),
+) -> None:
+    """Fine-tune the cross-encoder that rescores the top candidates (STREAMREC_CROSS_ENCODER)."""
+    _passive_omp()
+    from model.crossencoder import CrossConfig, train_cross_encoder
+
+    cfg = CrossConfig(
+        max_minutes=max_minutes, max_steps=max_steps, train_pairs=train_pairs, device=device
+    )
+    s = _settings(data=data)
+    typer.echo(str(train_cross_encoder(s.data, out, base, first_stage, cfg)))
+
+
+bench_app = typer.Typer(help="Speed benchmarks on this machine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("model")
+def bench_model(
+    data: Data = None,
+    artifact: Artifact = None,
+    catalog: CatalogDir = None,
+    cross_encoder: Annotated[
+        Path | None, _opt("cross-encoder", "Also measure this cross-encoder folder")
+    ] = None,
+    cross_top_n: Annotated[int, _opt("cross-top-n", "Candidates it rescores")] = _d("cross_top_n"),
+    batch_size: Annotated[int, _opt("batch-size", "Rank requests per batch")] = _d("batch_size"),
+    batches: Annotated[int, _opt("batches", "Timed batches per path")] = 10,
+    cache_dir: CacheDir = _d("cache_dir"),
+    device: Device = _d("device"),
+    as_json: Annotated[bool, _opt("json", "Print JSON instead of a table")] = False,
+) -> None:
+    """Item encodes/s, rank requests/s, p50/p99 per batch: fp32, int8, cross-encoder."""
+    from rich.console import Console
+
+    from model.bench import bench_model as run
+    from model.bench import render_table
+    from model.encoder import Encoder
+    from model.index import build_catalog
+    from streams.catalog import Catalog
+    from streams.datasets import load_dataset
+
+    s = _settings(
+        data=data,
+        artifact=artifact,
+        catalog=catalog,
+        cache_dir=cache_dir,
+        device=device,
+        cross_top_n=cross_top_n,
+    )
+    path = s.catalog
+    if path is None:
+        encoder = Encoder(s.artifact, device=s.device)
+        path, _ = build_catalog(load_dataset(s.data), encoder, s.cache_dir, progress=False)
+    report = run(s, Catalog.load(path), cross_encoder, batch_size=batch_size, batches=batches)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        Console().print(render_table(report))
 
 
 def main() -> None:

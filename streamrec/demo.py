@@ -195,6 +195,8 @@ def _replay_and_follow(
                     report.dlq += 1
                     bar.update(t_dlq, advance=1)
                 elif m.topic() == topics.rank_requests:
+                    if m.key() == b"__warmup__":
+                        continue
                     report.rank_requests += 1
                     rr_last = max(rr_last, ts)
                     bar.update(t_rr, advance=1)
@@ -212,14 +214,14 @@ def _replay_and_follow(
                     rec_first = rec_first or ts
                     rec_last = max(rec_last, ts)
                     bar.update(t_rec, advance=1)
-            done = stats and report.recommendations >= stats[0].events
+            done = stats and min(report.recommendations, report.rank_requests) >= stats[0].events
             if done or time.monotonic() - last_progress > idle_timeout_s:
                 break
     thread.join()
     if stats:
         report.events_in, report.bad_in = stats[0].events, stats[0].bad_records
         report.replay_s = stats[0].seconds
-    # The first rank request includes the warm-up one; both rates are over the replay window.
+    # Both rates are over the replay window (from its start to the last record).
     if rr_last > t0:
         report.dataflow_eps = report.events_in / (rr_last - t0)
     if rec_last > rec_first:
@@ -241,7 +243,7 @@ def _print_report(report: DemoReport, dataset: Dataset, console: Console) -> Non
         ),
         ("events in", f"{report.events_in} (+{report.bad_in} bad records)"),
         ("dead letters", str(report.dlq)),
-        ("rank requests", str(report.rank_requests - 1)),
+        ("rank requests", str(report.rank_requests)),
         (
             "recommendations out",
             f"{report.recommendations} (duplicates dropped: {report.duplicates})",

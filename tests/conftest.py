@@ -142,6 +142,24 @@ def catalog_path(generic_data: Path, encoder, tmp_path_factory: pytest.TempPathF
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory):
+    """Two fine-tuned versions of a small generic dataset: A (2 steps), then B resumed
+    from A's checkpoint (4 steps) -> (artifacts dir, A, B, data dir)."""
+    import dataclasses
+
+    from model.finetune import FinetuneConfig, finetune
+
+    data = write_generic_dataset(tmp_path_factory.mktemp("ft-data"), n_users=60)
+    out = tmp_path_factory.mktemp("artifacts")
+    cfg = FinetuneConfig(
+        max_steps=2, batch_size=8, epoch_pairs=16, val_users=30, max_minutes=0, device="cpu"
+    )
+    a = finetune(data, out, cfg=cfg, progress=False)
+    b = finetune(data, out, cfg=dataclasses.replace(cfg, max_steps=4), resume=True, progress=False)
+    return out, a, b, data
+
+
 def produce_all(brokers: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
     p = producer(brokers)
     for key, value in records:
