@@ -263,13 +263,18 @@ def worker(
 
 @app.command()
 def demo(
-    events: Annotated[int, _opt("events", "How many events of the dataset to replay")] = 3000,
-    rate: Annotated[float, _opt("rate", "Events per second (0 = as fast as possible)")] = 100.0,
+    events: Annotated[int, _opt("events", "How many events of the dataset to replay")] = 1500,
+    # 30 events/s stays below what the worker's LM sustains on a 2-core CPU,
+    # so latency measures processing, not a growing backlog.
+    rate: Annotated[float, _opt("rate", "Events per second (0 = as fast as possible)")] = 30.0,
     data: Data = None,
     artifact: Artifact = None,
     partitions: Partitions = _d("partitions"),
     cache_dir: CacheDir = _d("cache_dir"),
     metrics_port: MetricsPort = _d("metrics_port"),
+    experiments: Annotated[
+        Path | None, _opt("experiments", "Experiments file (arms, bandit, A/B tests)")
+    ] = None,
 ) -> None:
     """Everything embedded: broker, dataflow, worker, replay, live progress, report."""
     from streamrec.demo import run_demo
@@ -280,6 +285,7 @@ def demo(
         partitions=partitions,
         cache_dir=cache_dir,
         metrics_port=metrics_port,
+        experiments=experiments,
     )
     run_demo(s, events=events, rate=rate)
 

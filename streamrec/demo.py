@@ -80,8 +80,8 @@ def _wait_for_warmup(
 
 def run_demo(
     settings: Settings,
-    events: int = 3000,
-    rate: float = 0.0,
+    events: int = 1500,
+    rate: float = 30.0,
     console: Console | None = None,
     log_dir: Path | None = None,
     idle_timeout_s: float = 60.0,
