@@ -268,7 +268,7 @@ def _print_report(report: DemoReport, dataset: Dataset, console: Console) -> Non
     for user in users:
         rec = report.lists[user]
         recent = list(dict.fromkeys(reversed(history[user])))[:5]
-        t = Table(title=f"user {user}: {rec['policy']['reranker']} {rec['policy']['arm']}")
+        t = Table(title=f"user {user}: arm {rec['policy']['arm']} ({rec['policy']['mode']})")
         t.add_column("recently bought")
         t.add_column("recommended")
         recommended = _titles(dataset, [x["item_id"] for x in rec["items"]])
