@@ -32,6 +32,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from model.artifact import resolve_artifact
 from model.encoder import EncoderNotFound, default_model_dir, resolve_device
 from model.scoring import Scored, Scorer, TwoTowerScorer
 from streams.contracts import RankRequest
@@ -159,6 +160,13 @@ def _hard_negatives(
     return out
 
 
+def _first_stage_name(path: Path | None) -> str:
+    if path is None:
+        return "base"
+    resolved = resolve_artifact(path)
+    return f"{path} ({resolved.version})" if resolved.version else str(path)
+
+
 def train_cross_encoder(
     data: Path,
     out: Path,
@@ -171,6 +179,7 @@ def train_cross_encoder(
 
     ``first_stage`` (an artifact or model folder; default: the base) mines the
     hard negatives; pass the two-tower artifact the cross-encoder will rerank.
+    ``cfg.max_minutes`` covers the whole call, mining included.
     """
     from model.evaluation.protocols import leave_last_out
     from model.finetune import FinetuneConfig, cpu_threads, training_pairs
@@ -234,7 +243,7 @@ def train_cross_encoder(
     manifest = {
         "kind": "cross-encoder",
         "base_model": str(base_dir),
-        "first_stage": str(first_stage) if first_stage else "base",
+        "first_stage": _first_stage_name(first_stage),
         "data": {"name": dataset.name, "fingerprint": dataset.fingerprint},
         "split": "P1 training histories only (each user's history without the last two items)",
         "hyper_parameters": asdict(cfg),

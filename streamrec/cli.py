@@ -582,7 +582,7 @@ def bench_model(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        Console().print(render_table(report))
+        Console(width=None if sys.stdout.isatty() else 120).print(render_table(report))
 
 
 def main() -> None:

@@ -16,6 +16,9 @@ Topics (names get ``Settings.topic_prefix`` in front):
 ``recommendations``          output lists (key = user_id)
 ``bandit-weights``           internal: per-segment bandit statistics (compacted)
 ``outcomes``                 interactions attributed to a shown list (key = user_id)
+``item-signals``             internal: per-item co-visitation neighbours and trend counts
+                             kept by the dataflow (key = item_id, compacted)
+``fusion-weights``           internal: the fusion ranker's online-learned weights (compacted)
 """
 
 from __future__ import annotations
@@ -96,6 +99,14 @@ class Topics:
     def outcomes(self) -> str:
         return self._name("outcomes")
 
+    @property
+    def item_signals(self) -> str:
+        return self._name("item-signals")
+
+    @property
+    def fusion_weights(self) -> str:
+        return self._name("fusion-weights")
+
     def all(self) -> list[str]:
         """Every topic streamrec creates."""
         return [
@@ -108,11 +119,13 @@ class Topics:
             self.recommendations,
             self.bandit_weights,
             self.outcomes,
+            self.item_signals,
+            self.fusion_weights,
         ]
 
     def compacted(self) -> set[str]:
         """Topics that keep only the latest value per key."""
-        return {self.catalog, self.bandit_weights}
+        return {self.catalog, self.bandit_weights, self.item_signals, self.fusion_weights}
 
 
 class _Message(BaseModel):
@@ -192,11 +205,18 @@ class RecommendationRequest(_Message):
 
 
 class Candidate(_Message):
-    """One retrieved item with the retrieval score and which source found it."""
+    """One retrieved item with the retrieval score and which source found it.
+
+    ``source`` names the candidate source (``ann``, ``popular``, ``repeat``,
+    ``covis``, ``trending``, ``seq``; merged duplicates join them with ``+``).
+    ``features`` carries per-candidate signals the fusion ranker reads (for
+    example ``repeat_count``, ``repeat_age_s``); a missing feature means 0.
+    """
 
     item_id: str
     score: float
     source: str
+    features: dict[str, float] = Field(default_factory=dict)
 
 
 class RankRequest(_Message):
@@ -219,6 +239,10 @@ class RankRequest(_Message):
     candidates: list[Candidate]
     user_vector: list[float] | None = None
     recent_items: list[str] = Field(default_factory=list)
+    # The user's ordered items, oldest first, consecutive repeats collapsed, and
+    # their event times: what the sequence model reads.
+    sequence: list[str] = Field(default_factory=list)
+    sequence_ts: list[float] = Field(default_factory=list)
     category_mix: dict[str, float] = Field(default_factory=dict)
     trigger_event_id: str | None = None
     arrival_ts: float
@@ -229,9 +253,13 @@ class RankRequest(_Message):
 
 
 class RankedItem(_Message):
+    """One list entry; ``features`` are the fusion ranker's inputs for it (the
+    dataflow learns the fusion weights from them when outcomes come back)."""
+
     item_id: str
     score: float
     rank: int
+    features: dict[str, float] | None = None
 
 
 class Recommendation(_Message):

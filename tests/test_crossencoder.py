@@ -19,13 +19,13 @@ from streams.settings import Settings
 def cross_dir(tiny_artifacts, tmp_path_factory):
     out, _, b, data = tiny_artifacts
     path = tmp_path_factory.mktemp("cross") / "cross"
-    cfg = CrossConfig(max_steps=2, groups_per_step=4, train_pairs=16, mine_top=8, device="cpu")
+    cfg = CrossConfig(max_steps=1, groups_per_step=2, train_pairs=8, mine_top=8, device="cpu")
     return train_cross_encoder(data, path, first_stage=b.path, cfg=cfg, progress=False)
 
 
 def test_training_writes_a_model_and_a_manifest(cross_dir) -> None:
     manifest = json.loads((cross_dir / "manifest.json").read_text())
-    assert manifest["kind"] == "cross-encoder" and manifest["steps"] == 2
+    assert manifest["kind"] == "cross-encoder" and manifest["steps"] == 1
     assert (cross_dir / "model" / "model.safetensors").is_file()
 
 
@@ -51,7 +51,7 @@ def test_bench_reports_every_path_against_the_reference(cross_dir, tiny_artifact
     _, _, b, _ = tiny_artifacts
     settings = Settings(artifact=b.path, device="cpu", cross_top_n=5)
     report = bench_model(
-        settings, Catalog.load(b.path / "catalog"), cross_dir, batch_size=4, batches=2, items=32
+        settings, Catalog.load(b.path / "catalog"), cross_dir, batch_size=4, batches=1, items=16
     )
     paths = {p["path"]: p for p in report["paths"]}
     assert list(paths) == ["two-tower fp32", "two-tower int8", "cross-encoder top 5"]
