@@ -346,8 +346,10 @@ def test_topic_names() -> None:
         "recommendations",
         "bandit-weights",
         "outcomes",
+        "item-signals",
+        "fusion-weights",
     ]
-    assert t.compacted() == {"catalog", "bandit-weights"}
+    assert t.compacted() == {"catalog", "bandit-weights", "item-signals", "fusion-weights"}
 
 
 def test_topic_prefix() -> None:
@@ -355,5 +357,5 @@ def test_topic_prefix() -> None:
     assert t.events == "run7-events"
     assert t.events_dlq == "run7-events.dlq"
     assert t.all() == [f"run7-{name}" for name in Topics().all()]
-    assert len(set(t.all())) == 9
-    assert t.compacted() == {"run7-catalog", "run7-bandit-weights"}
+    assert len(set(t.all())) == 11
+    assert t.compacted() == {f"run7-{name}" for name in Topics().compacted()}
