@@ -66,6 +66,31 @@ class Settings(BaseSettings):
     candidates: int = Field(100, ge=1, description="candidates retrieved per request (M)")
     filter_seen: bool = Field(True, description="drop items the user already interacted with")
     k: int = Field(10, ge=1, description="list length when a request does not say")
+    sequence_n: int = Field(
+        50, ge=1, description="ordered items per user the sequence model reads (oldest dropped)"
+    )
+    repeat_n: int = Field(
+        50, ge=0, description="the user's most bought items added as `repeat` candidates"
+    )
+
+    # --- streaming item signals (dataflow `item-signals` step) ---
+    covis_window: int = Field(
+        5, ge=1, description="previous distinct items of the user an event co-visits with"
+    )
+    covis_n: int = Field(50, ge=1, description="co-visitation neighbours kept per item")
+    covis_half_life_s: float = Field(
+        30 * 24 * 3600.0, gt=0, description="half-life of co-visitation counts"
+    )
+    trend_half_life_s: float = Field(
+        24 * 3600.0, gt=0, description="half-life of the short (trending) item counts"
+    )
+    trend_long_half_life_s: float = Field(
+        30 * 24 * 3600.0, gt=0, description="half-life of the long item counts (trend baseline)"
+    )
+    covis_candidates: int = Field(
+        50, ge=0, description="co-visitation neighbours of recent items added as candidates"
+    )
+    trending_candidates: int = Field(20, ge=0, description="trending items added as candidates")
 
     # --- worker ---
     batch_size: int = Field(64, ge=1, description="max rank requests per inference batch")
@@ -86,6 +111,13 @@ class Settings(BaseSettings):
         None, description="cross-encoder folder that rescores the top candidates; None = off"
     )
     cross_top_n: int = Field(20, ge=1, description="candidates the cross-encoder rescores")
+    sequence_model: Path | None = Field(
+        None,
+        description="sequence model folder (`streamrec finetune-seq`); None = LM two-tower only",
+    )
+    seq_candidates: int = Field(
+        100, ge=0, description="the sequence model's top items added as candidates"
+    )
 
     # --- observability ---
     metrics_port: int = Field(9100, ge=0, description="Prometheus /metrics port; 0 = off")
