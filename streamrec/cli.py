@@ -401,7 +401,12 @@ def evaluate(
         str, _opt("protocol", "leave-last-out (P1) | prequential (P2, online-retail)")
     ] = "leave-last-out",
     methods: Annotated[
-        str, _opt("methods", "Comma-separated: popularity,repeat-buy,item-knn,content,streamrec")
+        str,
+        _opt(
+            "methods",
+            "Comma-separated: popularity,repeat-buy,item-knn,content,streamrec, and the "
+            "peers als,bpr (implicit's ALS and BPR; not in the default)",
+        ),
     ] = "popularity,repeat-buy,item-knn,content,streamrec",
     mask: Annotated[
         str, _opt("mask", "P1 history masking: none | history | both (P2 reports all + new)")

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["METHODS", "PROTOCOLS", "MASKS", "run_evaluate", "run_through_kafka", "default_out"]
 
-METHODS = ("popularity", "repeat-buy", "item-knn", "content", "streamrec")
+METHODS = ("popularity", "repeat-buy", "item-knn", "content", "als", "bpr", "streamrec")
 PROTOCOLS = ("leave-last-out", "prequential")
 #: --mask -> the P1 runs: (table name, mask on?)
 MASKS: dict[str, list[tuple[str, bool]]] = {
@@ -162,11 +162,19 @@ def _markdown(report: Mapping, k: int) -> str:
     return "\n".join(lines)
 
 
-def _baselines(protocol: str, embeddings: ReferenceEmbeddings) -> dict[str, Recommender]:
+def _baselines(
+    protocol: str, embeddings: ReferenceEmbeddings, names: Sequence[str] = ()
+) -> dict[str, Recommender]:
     from model.evaluation import Content, default_methods
 
-    methods = default_methods(embeddings, "p2" if protocol == "prequential" else "p1")
+    p = "p2" if protocol == "prequential" else "p1"
+    methods = default_methods(embeddings, p)
     methods.setdefault("content", Content(embeddings))
+    if any(name in names for name in ("als", "bpr")):
+        # The peers (implicit's ALS and BPR) load implicit only when asked for.
+        from model.evaluation.peers import peer_methods
+
+        methods.update(peer_methods(p))
     return methods
 
 
@@ -214,7 +222,7 @@ def run_evaluate(
     with console.status("reference embeddings"):
         embeddings(universe)
 
-    baselines = _baselines(protocol, embeddings)
+    baselines = _baselines(protocol, embeddings, methods)
     chosen = {name: baselines[name] for name in methods if name != "streamrec"}
     system = None
     if "streamrec" in methods or sweep:
