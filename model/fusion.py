@@ -1,0 +1,287 @@
+"""The fusion ranker: multi-source candidates scored from their features.
+
+Candidate sources, merged and deduplicated per request:
+
+- from the dataflow (in the request): ``ann`` (FAISS over the streamed LM user
+  embedding) and ``repeat`` (the user's most bought items, with their counts
+  and ages as features);
+- added here: ``seq`` (the sequence model's top items for the user's ordered
+  history) and, when the worker follows ``item-signals``, ``covis`` (streamed
+  co-visitation neighbours of the recent items) and ``trending``.
+
+Every candidate gets the same feature vector (:data:`FEATURES`, a missing
+signal counts as 0) and the score is linear:
+
+    score = bias + sum_f w_f * x_f
+
+The weights are warm-started offline (:func:`fit_weights`, a listwise softmax
+over each validation user's candidates, so the target item must outscore the
+rest of its list) and then follow the ``fusion-weights`` topic, which the
+dataflow's online learner publishes from attributed outcomes. A linear model
+keeps the two exchangeable: same features, same form.
+
+Masking: candidates added here skip ``RankRequest.exclude`` (the user's seen
+items when the dataflow filters them), like the dataflow's own sources.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from model.scoring import Scored, Scorer, TwoTowerScorer
+from model.sequence import SequenceModel
+from streams.catalog import Catalog
+from streams.contracts import Candidate, RankRequest
+
+__all__ = ["FEATURES", "FusionScorer", "fit_weights", "load_weights", "DEFAULT_WEIGHTS"]
+
+_DAY_S = 86_400.0
+#: The log-probability given to items the sequence model cannot score.
+_SEQ_FLOOR = -20.0
+
+#: Feature names, in the order of the feature matrix.
+FEATURES: tuple[str, ...] = (
+    "seq",  # the sequence model's next-item log-probability
+    "seq_rank",  # 1 / (1 + rank) of the item in the sequence model's ranking
+    "lm",  # two-tower LM score (LM history query + streamed LM embedding)
+    "repeat",  # 1 if the user interacted with the item before
+    "repeat_count",  # log(1 + times the user interacted with it)
+    "repeat_recency",  # 1 / (1 + days since the user's last interaction with it)
+    "last_item",  # 1 if it is the user's most recent item
+    "covis",  # log(1 + co-visitation weight from the recent items)
+    "trend",  # log(1 + short-window count / long-window baseline)
+    "popularity",  # log(1 + decayed long-window count), streamed
+)
+
+#: Used when no fitted weights exist: the sequence model decides, repeats help.
+DEFAULT_WEIGHTS: dict = {"bias": 0.0, "weights": {"seq": 1.0, "repeat_count": 0.5}}
+
+
+def load_weights(path: Path | None) -> dict:
+    """Weights JSON ({"bias": b, "weights": {name: w}}) from ``path`` or the defaults."""
+    if path is None or not Path(path).is_file():
+        return json.loads(json.dumps(DEFAULT_WEIGHTS))
+    return json.loads(Path(path).read_text())
+
+
+class FusionScorer(Scorer):
+    """Merge candidate sources, compute features, score linearly."""
+
+    feature_names = FEATURES
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        lm: TwoTowerScorer | None,
+        sequence: SequenceModel | None,
+        weights: dict | None = None,
+        seq_candidates: int = 100,
+        covis_candidates: int = 50,
+        trending_candidates: int = 20,
+    ) -> None:
+        self.catalog = catalog
+        self.lm = lm
+        self.sequence = sequence
+        self.seq_candidates = seq_candidates
+        self.covis_candidates = covis_candidates
+        self.trending_candidates = trending_candidates
+        self.signals = None  # a streams.signals.SignalsTable, set by the worker / evaluation
+        self.set_weights(weights or DEFAULT_WEIGHTS)
+        # Catalog row of each sequence-model item (-1: not in this catalog).
+        if sequence is not None:
+            self._seq_rows = np.array(
+                [catalog.row.get(i, -1) for i in sequence.item_ids], dtype=np.int64
+            )
+            self._seq_index = np.full(len(catalog), -1, dtype=np.int64)
+            known = self._seq_rows >= 0
+            self._seq_index[self._seq_rows[known]] = np.flatnonzero(known)
+
+    def set_weights(self, weights: dict) -> None:
+        """Swap the linear weights (a published ``fusion-weights`` value)."""
+        w = weights.get("weights", {})
+        self.weights = {"bias": float(weights.get("bias", 0.0)), "weights": dict(w)}
+        self._w = np.array([float(w.get(f, 0.0)) for f in FEATURES], dtype=np.float32)
+        self._bias = float(weights.get("bias", 0.0))
+
+    # --- candidates -------------------------------------------------------
+
+    def _merge(
+        self, request: RankRequest, seq_top: Sequence[tuple[str, float]], now: float
+    ) -> list[Candidate]:
+        """Request candidates + seq + covis/trending, one per item, features merged."""
+        exclude = set(request.exclude)
+        merged: dict[str, Candidate] = {c.item_id: c for c in request.candidates}
+
+        def add(c: Candidate) -> None:
+            if c.item_id in exclude or c.item_id not in self.catalog.row:
+                return
+            old = merged.get(c.item_id)
+            if old is None:
+                merged[c.item_id] = c
+            else:
+                source = (
+                    old.source if c.source in old.source.split("+") else f"{old.source}+{c.source}"
+                )
+                merged[c.item_id] = old.model_copy(
+                    update={"source": source, "features": {**c.features, **old.features}}
+                )
+
+        for item, score in seq_top:
+            add(Candidate(item_id=item, score=score, source="seq"))
+        if self.signals is not None and (self.covis_candidates or self.trending_candidates):
+            for c in self.signals.candidates(
+                list(request.recent_items), now, self.covis_candidates, self.trending_candidates
+            ):
+                add(c)
+        return list(merged.values())
+
+    # --- features ---------------------------------------------------------
+
+    def _features(
+        self,
+        request: RankRequest,
+        candidates: list[Candidate],
+        rows: np.ndarray,
+        lm_scores: np.ndarray | None,
+        log_probs: np.ndarray | None,
+        now: float,
+    ) -> np.ndarray:
+        x = np.zeros((len(rows), len(FEATURES)), dtype=np.float32)
+        col = {f: j for j, f in enumerate(FEATURES)}
+        if log_probs is not None and self.sequence is not None:
+            idx = self._seq_index[rows]
+            lp = np.where(idx >= 0, log_probs[np.maximum(idx, 0)], _SEQ_FLOOR)
+            x[:, col["seq"]] = np.maximum(lp, _SEQ_FLOOR)
+            order = np.argsort(-log_probs, kind="stable")
+            rank = np.empty(len(order), dtype=np.float32)
+            rank[order] = np.arange(len(order))
+            x[:, col["seq_rank"]] = np.where(idx >= 0, 1.0 / (1.0 + rank[np.maximum(idx, 0)]), 0.0)
+        else:
+            x[:, col["seq"]] = _SEQ_FLOOR
+        if lm_scores is not None:
+            x[:, col["lm"]] = lm_scores
+        last = request.sequence[-1] if request.sequence else None
+        signal_feats = (
+            self.signals.features([c.item_id for c in candidates], list(request.recent_items), now)
+            if self.signals is not None
+            else [{} for _ in candidates]
+        )
+        for j, (c, extra) in enumerate(zip(candidates, signal_feats, strict=True)):
+            f = {**extra, **c.features}
+            count = f.get("repeat_count", 0.0)
+            if count > 0:
+                x[j, col["repeat"]] = 1.0
+                x[j, col["repeat_count"]] = math.log1p(count)
+                x[j, col["repeat_recency"]] = 1.0 / (1.0 + f.get("repeat_age_s", 0.0) / _DAY_S)
+            x[j, col["last_item"]] = float(c.item_id == last)
+            x[j, col["covis"]] = math.log1p(max(f.get("covis", 0.0), 0.0))
+            x[j, col["trend"]] = math.log1p(max(f.get("trend", 0.0), 0.0))
+            x[j, col["popularity"]] = math.log1p(max(f.get("popularity", 0.0), 0.0))
+        return x
+
+    def featurize(self, requests: Sequence[RankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per request: (catalog rows of the merged candidates, feature matrix)."""
+        log_probs = None
+        if self.sequence is not None and requests:
+            log_probs = self.sequence.log_probs(
+                [r.sequence for r in requests], [r.sequence_ts for r in requests]
+            )
+        merged: list[list[Candidate]] = []
+        for i, r in enumerate(requests):
+            now = r.sequence_ts[-1] if r.sequence_ts else r.arrival_ts
+            seq_top: list[tuple[str, float]] = []
+            if log_probs is not None and self.seq_candidates:
+                lp = log_probs[i]
+                top = np.argsort(-lp, kind="stable")[: self.seq_candidates + len(r.exclude)]
+                seq_top = [
+                    (self.sequence.item_ids[t], round(float(lp[t]), 6))
+                    for t in top.tolist()
+                    if self._seq_rows[t] >= 0
+                ]
+            merged.append(self._merge(r, seq_top, now))
+        widened = [
+            r.model_copy(update={"candidates": c}) for r, c in zip(requests, merged, strict=True)
+        ]
+        lm = self.lm.score(widened) if self.lm is not None else None
+        out = []
+        for i, r in enumerate(widened):
+            cands = [c for c in r.candidates if c.item_id in self.catalog.row]
+            rows = np.array([self.catalog.row[c.item_id] for c in cands], dtype=np.int64)
+            lm_scores = None
+            if lm is not None:
+                lm_rows, lm_vals = lm[i]
+                assert np.array_equal(lm_rows, rows), "LM scorer dropped a candidate"
+                lm_scores = lm_vals
+            now = r.sequence_ts[-1] if r.sequence_ts else r.arrival_ts
+            out.append(
+                (
+                    rows,
+                    self._features(
+                        r, cands, rows, lm_scores, None if log_probs is None else log_probs[i], now
+                    ),
+                )
+            )
+        return out
+
+    def score(self, requests: Sequence[RankRequest]) -> list[Scored]:
+        return [(rows, x @ self._w + self._bias) for rows, x in self.featurize(requests)]
+
+    def score_with_features(
+        self, requests: Sequence[RankRequest]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Like :meth:`score`, plus each candidate's feature row (for ``RankedItem.features``)."""
+        return [(rows, x @ self._w + self._bias, x) for rows, x in self.featurize(requests)]
+
+
+def fit_weights(
+    groups: Sequence[tuple[np.ndarray, int]],
+    l2: float = 1e-3,
+    epochs: int = 200,
+    seed: int = 13,
+) -> dict:
+    """Listwise warm start: softmax over each group's candidates, the target's row wins.
+
+    ``groups``: (feature matrix of one request's candidates, index of the
+    target row, or -1 when the target was not among the candidates: skipped).
+    Full-batch L-BFGS on the mean negative log-likelihood + ``l2`` * |w|^2.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    usable = [(x, t) for x, t in groups if t >= 0 and len(x) > 1]
+    if not usable:
+        return json.loads(json.dumps(DEFAULT_WEIGHTS))
+    width = max(len(x) for x, _ in usable)
+    feats = np.zeros((len(usable), width, len(FEATURES)), dtype=np.float32)
+    valid = np.zeros((len(usable), width), dtype=bool)
+    for g, (x, _) in enumerate(usable):
+        feats[g, : len(x)] = x
+        valid[g, : len(x)] = True
+    # Standardise for the optimiser, then fold the scaling back into the weights.
+    mean = feats[valid].mean(0)
+    std = feats[valid].std(0) + 1e-6
+    xs = torch.as_tensor((feats - mean) / std) * torch.as_tensor(valid)[..., None]
+    mask = torch.as_tensor(valid)
+    target = torch.as_tensor([t for _, t in usable])
+    w = torch.zeros(len(FEATURES), requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=epochs, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = (xs @ w).masked_fill(~mask, float("-inf"))
+        loss = torch.nn.functional.cross_entropy(logits, target) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    raw = w.detach().numpy() / std
+    return {
+        "bias": float(-(raw * mean).sum()),
+        "weights": {f: round(float(v), 6) for f, v in zip(FEATURES, raw, strict=True)},
+        "fitted_on": {"groups": len(usable), "skipped": len(groups) - len(usable)},
+    }
