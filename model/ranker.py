@@ -44,6 +44,27 @@ class Ranker:
         self.book = book
         self._rerankers: dict[str, Reranker] = {reranker.name: reranker}
 
+    # The worker's followers (and the in-process evaluation) hand the latest
+    # streamed item signals and fusion weights to the ranker; a scorer that
+    # reads them (model.fusion.FusionScorer) gets them, others ignore them.
+    @property
+    def signals(self) -> object | None:
+        return getattr(self.scorer, "signals", None)
+
+    @signals.setter
+    def signals(self, table: object | None) -> None:
+        if hasattr(self.scorer, "signals"):
+            self.scorer.signals = table
+
+    @property
+    def fusion_weights(self) -> dict | None:
+        return getattr(self.scorer, "weights", None)
+
+    @fusion_weights.setter
+    def fusion_weights(self, weights: dict | None) -> None:
+        if weights is not None and hasattr(self.scorer, "set_weights"):
+            self.scorer.set_weights(weights)
+
     @property
     def default_arm(self) -> Arm:
         return Arm(reranker=self.reranker.name, trade_off=self.trade_off)
@@ -78,11 +99,26 @@ class Ranker:
         policies: Sequence[dict[str, object]] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """For each request, the final ``k`` (item_id, score) pairs in list order."""
+        return [
+            [(i, s) for i, s, _ in items] for items in self.rank_with_features(requests, policies)
+        ]
+
+    def rank_with_features(
+        self,
+        requests: Sequence[RankRequest],
+        policies: Sequence[dict[str, object]] | None = None,
+    ) -> list[list[tuple[str, float, dict[str, float] | None]]]:
+        """Like :meth:`rank`, with each listed item's scorer features (None if the
+        scorer has none): the fusion learner trains on them when outcomes return."""
         if policies is None:
             policies = [self.choose(r) for r in requests]
+        if hasattr(self.scorer, "score_with_features"):
+            scored = self.scorer.score_with_features(requests)
+            names = self.scorer.feature_names
+        else:
+            scored = [(rows, scores, None) for rows, scores in self.scorer.score(requests)]
         out = []
-        scored = self.scorer.score(requests)
-        for request, (rows, scores), policy in zip(requests, scored, policies, strict=True):
+        for request, (rows, scores, feats), policy in zip(requests, scored, policies, strict=True):
             pos = self._reranker(str(policy["reranker"])).rerank(
                 scores,
                 self.catalog.vectors[rows],
@@ -91,13 +127,26 @@ class Ranker:
                 categories=[self.catalog.categories[r] for r in rows],
                 target_mix=request.category_mix,
             )
-            out.append([(self.catalog.item_ids[rows[p]], float(scores[p])) for p in pos])
+            out.append(
+                [
+                    (
+                        self.catalog.item_ids[rows[p]],
+                        float(scores[p]),
+                        None
+                        if feats is None
+                        else {
+                            n: round(float(v), 5) for n, v in zip(names, feats[p], strict=True) if v
+                        },
+                    )
+                    for p in pos
+                ]
+            )
         return out
 
     def recommend(self, requests: Sequence[RankRequest]) -> list[Recommendation]:
         """Rank and wrap each list in the ``recommendations`` contract."""
         policies = [self.choose(r) for r in requests]
-        ranked = self.rank(requests, policies)
+        ranked = self.rank_with_features(requests, policies)
         now = time.time()
         return [
             Recommendation(
@@ -105,8 +154,8 @@ class Ranker:
                 request_id=r.explicit_request_id,
                 user_id=r.user_id,
                 items=[
-                    RankedItem(item_id=item, score=round(score, 6), rank=i + 1)
-                    for i, (item, score) in enumerate(items)
+                    RankedItem(item_id=item, score=round(score, 6), rank=i + 1, features=feats)
+                    for i, (item, score, feats) in enumerate(items)
                 ],
                 experiment=r.experiment or {"name": "none", "variant": "default"},
                 policy=policy,

@@ -515,6 +515,52 @@ def finetune(
     )
 
 
+@app.command("finetune-seq")
+def finetune_seq(
+    out: Annotated[Path, _opt("out", "Folder: writes OUT/<version>/ and OUT/current")],
+    data: Data = None,
+    artifact: Artifact = None,
+    cache_dir: CacheDir = _d("cache_dir"),
+    until: Annotated[
+        str | None,
+        _opt("until", "Train only on interactions before this date (e.g. 2011-11-01 for P2)"),
+    ] = None,
+    max_minutes: Annotated[float, _opt("max-minutes", "Training time budget in minutes")] = 8.0,
+    max_epochs: Annotated[int, _opt("max-epochs", "Epoch cap")] = 200,
+    dim: Annotated[int, _opt("dim", "Hidden size of the transformer")] = 64,
+    fusion_users: Annotated[
+        int, _opt("fusion-users", "Validation users the fusion weights are fitted on")
+    ] = 2000,
+    seed: Annotated[int, _opt("seed", "Seed for windows, validation users and init")] = 13,
+    device: Device = _d("device"),
+) -> None:
+    """Train the sequence model on the LM's item vectors and warm-start the fusion ranker."""
+    _passive_omp()
+    from model.encoder import Encoder
+    from model.finetune_seq import finetune_sequence
+    from model.index import build_catalog
+    from model.sequence import SeqConfig
+    from streams.datasets import load_dataset
+
+    s = _settings(data=data, artifact=artifact, cache_dir=cache_dir, device=device)
+    encoder = Encoder(s.artifact, device=s.device)
+    catalog_dir = encoder.artifact.catalog_dir if encoder.artifact else None
+    if catalog_dir is None:
+        catalog_dir, _ = build_catalog(load_dataset(s.data), encoder, s.cache_dir)
+    cfg = SeqConfig(
+        max_minutes=max_minutes, max_epochs=max_epochs, dim=dim, seed=seed, device=s.device
+    )
+    path = finetune_sequence(
+        s.data, out, catalog_dir, s, cfg=cfg, until=until, fusion_users=fusion_users
+    )
+    meta = json.loads((path / "config.json").read_text())
+    first, best = meta["history"][0], meta["history"][-1]
+    typer.echo(
+        f"{path} (current): val NDCG@10 {first['ndcg@10']:.4f} -> {best['best_ndcg@10']:.4f} "
+        f"in {best['seconds']:.0f} s; fusion weights {meta['fusion']['weights']}"
+    )
+
+
 @app.command("finetune-cross")
 def finetune_cross(
     out: Annotated[Path, _opt("out", "Cross-encoder folder to write (model/ + manifest.json)")],

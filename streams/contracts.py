@@ -243,6 +243,9 @@ class RankRequest(_Message):
     # their event times: what the sequence model reads.
     sequence: list[str] = Field(default_factory=list)
     sequence_ts: list[float] = Field(default_factory=list)
+    # Items the worker must not add as candidates of its own (the user's seen
+    # set when the dataflow filters seen items; empty when repeats are allowed).
+    exclude: list[str] = Field(default_factory=list)
     category_mix: dict[str, float] = Field(default_factory=dict)
     trigger_event_id: str | None = None
     arrival_ts: float

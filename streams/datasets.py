@@ -17,6 +17,7 @@ library only, so the dataflow process can use it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import math
@@ -107,6 +108,13 @@ class Interactions:
             price=self.price[i],
             quantity=self.quantity[i],
             session_id=self.basket[i],
+        )
+
+    def before(self, ts: float) -> Interactions:
+        """The interactions strictly before ``ts`` (a prefix: rows are in time order)."""
+        n = int(np.searchsorted(self.ts, ts, side="left"))
+        return Interactions(
+            *(getattr(self, f.name)[:n] for f in dataclasses.fields(self))  # type: ignore[arg-type]
         )
 
     def events(self, start: int = 0, stop: int | None = None) -> Iterator[Event]:

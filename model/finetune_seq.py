@@ -1,0 +1,148 @@
+"""``streamrec finetune-seq``: train the sequence model, then warm-start the fusion ranker.
+
+1. Split the data with P1 (collapse, 5-core; with ``until`` only the
+   interactions before that date, so a prequential test stays unseen).
+2. Train :class:`model.sequence.SeqRec` next-item with a full softmax on each
+   user's history without the last two items, on top of the LM item vectors
+   of ``catalog`` (pass a fine-tuned artifact's catalog to build on the
+   fine-tuned LM); early stopping on the second-to-last items.
+3. Feed the same training histories through the product's own path
+   (:class:`model.evaluation.system.StreamrecSystem`: the dataflow's user state
+   and item signals, the worker's fusion scorer), ask for each sampled user's
+   candidates with their features, and fit the fusion weights listwise so the
+   second-to-last item outranks the rest (:func:`model.fusion.fit_weights`).
+4. Publish ``<out>/<version>`` (weights, config with the item ids and the
+   training history, ``fusion.json``) and flip ``<out>/current`` atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from model.artifact import new_version, publish
+from model.fusion import fit_weights
+from model.sequence import SeqConfig, SequenceModel, p1_training_data, save, train_sequence_model
+from streams.catalog import Catalog
+from streams.datasets import load_dataset
+from streams.settings import Settings
+
+__all__ = ["finetune_sequence", "fusion_warm_start"]
+
+
+def _cutoff(until: str | None) -> float | None:
+    if until is None:
+        return None
+    return datetime.fromisoformat(until).replace(tzinfo=timezone.utc).timestamp()
+
+
+def fusion_warm_start(
+    dataset, split, catalog: Catalog, settings: Settings, users: int, seed: int, progress: bool
+) -> tuple[dict, dict]:  # noqa: ANN001
+    """Fit the fusion weights on the validation fold through the product's own path."""
+    from model.evaluation.system import StreamrecSystem
+    from model.worker import build_ranker
+
+    ranker = build_ranker(settings, catalog)
+    system = StreamrecSystem(dataset, catalog, settings, ranker=ranker, progress=progress)
+    fold = split.valid
+    started = time.perf_counter()
+    system.fit(fold.train)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(
+        rng.choice(len(fold.targets), size=min(users, len(fold.targets)), replace=False)
+    )
+    groups = []
+    for start in range(0, len(sample), 64):
+        part = sample[start : start + 64]
+        requests = system.requests(part, settings.k)
+        for u, (rows, x) in zip(part.tolist(), ranker.scorer.featurize(requests), strict=True):
+            target = catalog.row.get(split.item_ids[fold.targets[u]], -1)
+            hit = np.flatnonzero(rows == target)
+            groups.append((x, int(hit[0]) if len(hit) else -1))
+    weights = fit_weights(groups)
+    found = float(np.mean([t >= 0 for _, t in groups]))
+    return weights, {
+        "users": len(groups),
+        "target_in_candidates": round(found, 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def finetune_sequence(
+    data: Path,
+    out: Path,
+    catalog_dir: Path,
+    settings: Settings,
+    cfg: SeqConfig | None = None,
+    until: str | None = None,
+    fusion_users: int = 2000,
+    progress: bool = True,
+) -> Path:
+    """Train, warm-start and publish; returns the published version folder."""
+    from model.evaluation.protocols import leave_last_out
+
+    cfg = cfg or SeqConfig()
+    started = time.perf_counter()
+    dataset = load_dataset(data)
+    inter = dataset.interactions
+    cut = _cutoff(until)
+    if cut is not None:
+        inter = inter.before(cut)
+    split = leave_last_out(inter)
+    catalog = Catalog.load(catalog_dir)
+    missing = [i for i in split.item_ids if i not in catalog.row]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} items of {data} are not in the catalog {catalog_dir} "
+            f"(e.g. {missing[:3]}): build the catalog from the same data"
+        )
+    vectors = catalog.vectors[[catalog.row[i] for i in split.item_ids]]
+    train = p1_training_data(split, cfg.valid_users, cfg.seed)
+    model, history = train_sequence_model(vectors, train, cfg, progress=progress)
+
+    out.mkdir(parents=True, exist_ok=True)
+    staged = out / ".staging-seq"
+    shutil.rmtree(staged, ignore_errors=True)
+    digest = hashlib.sha256(
+        b"".join(v.detach().cpu().numpy().tobytes() for v in model.state_dict().values())
+    ).hexdigest()
+    version = new_version(digest)
+    meta = {
+        "version": version,
+        "kind": "sequence-model",
+        "data": {"name": dataset.name, "fingerprint": dataset.fingerprint, "until": until},
+        "catalog": {"path": str(Path(catalog_dir).resolve()), "version": catalog.version},
+        "split": {
+            "protocol": "P1 leave-last-out (collapse, 5-core)"
+            + (f" on the interactions before {until}" if until else ""),
+            "train": "each user's history without the last two items",
+            "validation": f"second-to-last item of {len(train.valid_targets)} sampled users",
+            "users": len(split.user_ids),
+            "items": len(split.item_ids),
+        },
+        "loss": "next-item cross-entropy, full softmax over the items, every position",
+        "history": history,
+        "hyper_parameters": asdict(cfg),
+    }
+    save(model, split.item_ids, staged, meta)
+
+    fused = settings.model_copy(update={"sequence_model": staged, "catalog": catalog_dir})
+    weights, info = fusion_warm_start(
+        dataset, split, catalog, fused, fusion_users, cfg.seed, progress
+    )
+    (staged / "fusion.json").write_text(json.dumps({**weights, "warm_start": info}, indent=1))
+    meta["fusion"] = {**weights, "warm_start": info}
+    meta["total_seconds"] = round(time.perf_counter() - started, 1)
+    (staged / "config.json").write_text(
+        json.dumps({**json.loads((staged / "config.json").read_text()), **meta}, indent=1)
+    )
+    SequenceModel(staged, device="cpu")  # the folder loads before anyone is pointed at it
+    return publish(staged, out, version)
