@@ -85,8 +85,13 @@ def finetune_sequence(
     until: str | None = None,
     fusion_users: int = 2000,
     progress: bool = True,
+    trained: Path | None = None,
 ) -> Path:
-    """Train, warm-start and publish; returns the published version folder."""
+    """Train, warm-start and publish; returns the published version folder.
+
+    ``trained``: a sequence-model folder already trained on this split (e.g. a
+    staging folder of an earlier run): skip training, fit the fusion, publish.
+    """
     from model.evaluation.protocols import leave_last_out
 
     cfg = cfg or SeqConfig()
@@ -106,7 +111,13 @@ def finetune_sequence(
         )
     vectors = catalog.vectors[[catalog.row[i] for i in split.item_ids]]
     train = p1_training_data(split, cfg.valid_users, cfg.seed)
-    model, history = train_sequence_model(vectors, train, cfg, progress=progress)
+    if trained is None:
+        model, history = train_sequence_model(vectors, train, cfg, progress=progress)
+    else:
+        loaded = SequenceModel(trained, device=cfg.device)
+        if loaded.item_ids != split.item_ids:
+            raise ValueError(f"{trained} was trained on other items than {data}'s split")
+        model, history, cfg = loaded.model, loaded.meta["history"], loaded.model.cfg
 
     out.mkdir(parents=True, exist_ok=True)
     staged = out / ".staging-seq"

@@ -532,6 +532,10 @@ def finetune_seq(
         int, _opt("fusion-users", "Validation users the fusion weights are fitted on")
     ] = 2000,
     seed: Annotated[int, _opt("seed", "Seed for windows, validation users and init")] = 13,
+    trained: Annotated[
+        Path | None,
+        _opt("trained", "A sequence-model folder already trained: only fit the fusion, publish"),
+    ] = None,
     device: Device = _d("device"),
 ) -> None:
     """Train the sequence model on the LM's item vectors and warm-start the fusion ranker."""
@@ -551,7 +555,14 @@ def finetune_seq(
         max_minutes=max_minutes, max_epochs=max_epochs, dim=dim, seed=seed, device=s.device
     )
     path = finetune_sequence(
-        s.data, out, catalog_dir, s, cfg=cfg, until=until, fusion_users=fusion_users
+        s.data,
+        out,
+        catalog_dir,
+        s,
+        cfg=cfg,
+        until=until,
+        fusion_users=fusion_users,
+        trained=trained,
     )
     meta = json.loads((path / "config.json").read_text())
     first, best = meta["history"][0], meta["history"][-1]
