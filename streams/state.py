@@ -10,6 +10,15 @@ an interest fades with a configurable half-life. The sum is kept unnormalised
 out of time order are applied without growing the decay clock backwards.
 Updates are idempotent per ``event_id`` (a bounded window of recent ids), so
 a replay after recovery does not double-count.
+
+Beside the embedding the state keeps what the sequence model, repeat
+candidates and co-visitation read: ``sequence``, the user's items in the
+order the dataflow applied them (oldest first, bounded, consecutive repeats
+collapsed into one entry that carries the latest event time), and ``counts``,
+events and last event time per item (LRU-bounded like the seen set).
+Out-of-order events are not re-sorted: they join the sequence in arrival
+order with their own time (so ``sequence`` times may step back), and an
+item's last event time is the latest one seen, whatever the arrival order.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ class StateConfig:
     event_weights: dict[str, float]
     recent_n: int = 20
     seen_max: int = 2000
+    sequence_n: int = 50
     dedup_window: int = 256
     session_gap_s: float = 1800.0
 
@@ -45,6 +55,10 @@ class UserState:
     last_ts: float | None = None
     recent: deque[str] = field(default_factory=deque)
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # (item, event time), oldest first, consecutive repeats collapsed.
+    sequence: deque[tuple[str, float]] = field(default_factory=deque)
+    # item -> (events, last event time), least recently touched first.
+    counts: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
     categories: dict[str, float] = field(default_factory=dict)
     event_ids: deque[str] = field(default_factory=deque)
     events: int = 0
@@ -121,5 +135,21 @@ def update_state(state: UserState, event: Event, catalog: Catalog, cfg: StateCon
     state.seen[event.item_id] = None
     while len(state.seen) > cfg.seen_max:
         state.seen.popitem(last=False)
+    _count(state, event, cfg)
     state.events += 1
     return True
+
+
+def _count(state: UserState, event: Event, cfg: StateConfig) -> None:
+    """Extend the sequence (collapsing a repeat of its last item) and the counts."""
+    item, ts = event.item_id, event.ts
+    if state.sequence and state.sequence[-1][0] == item:
+        state.sequence[-1] = (item, max(state.sequence[-1][1], ts))
+    else:
+        state.sequence.append((item, ts))
+        while len(state.sequence) > cfg.sequence_n:
+            state.sequence.popleft()
+    n, last = state.counts.pop(item, (0.0, ts))
+    state.counts[item] = (n + 1.0, max(last, ts))
+    while len(state.counts) > cfg.seen_max:
+        state.counts.popitem(last=False)

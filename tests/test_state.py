@@ -59,6 +59,8 @@ def _fields(state: UserState) -> dict:
         "categories": dict(state.categories),
         "event_ids": list(state.event_ids),
         "events": state.events,
+        "sequence": list(state.sequence),
+        "counts": list(state.counts.items()),
     }
 
 
@@ -233,3 +235,57 @@ def test_state_pickles(catalog, cfg) -> None:
     update_state(state, nxt, catalog, cfg)
     update_state(restored, nxt, catalog, cfg)
     assert _fields(restored) == _fields(state)
+
+
+def test_sequence_collapses_consecutive_repeats_and_keeps_their_latest_time(catalog, cfg) -> None:
+    state = _apply(
+        UserState(),
+        catalog,
+        cfg,
+        *(_event(f"e{i}", item, float(i)) for i, item in enumerate("aabbba")),
+    )
+    assert list(state.sequence) == [("a", 1.0), ("b", 4.0), ("a", 5.0)]
+
+
+def test_sequence_is_bounded_oldest_dropped(catalog) -> None:
+    cfg = StateConfig(half_life_s=HALF_LIFE, event_weights={}, sequence_n=3)
+    state = _apply(
+        UserState(), catalog, cfg, *(_event(f"e{i}", f"i{i}", float(i)) for i in range(5))
+    )
+    assert list(state.sequence) == [("i2", 2.0), ("i3", 3.0), ("i4", 4.0)]
+
+
+def test_counts_are_events_and_last_time_per_item_lru_bounded(catalog) -> None:
+    cfg = StateConfig(half_life_s=HALF_LIFE, event_weights={}, seen_max=3)
+    state = _apply(
+        UserState(),
+        catalog,
+        cfg,
+        *(_event(f"e{i}", item, float(i)) for i, item in enumerate("abacd")),
+    )
+    # "b" was touched least recently and goes first; "a" counts both of its events.
+    assert dict(state.counts) == {"a": (2.0, 2.0), "c": (1.0, 3.0), "d": (1.0, 4.0)}
+    assert list(state.counts) == ["a", "c", "d"]
+    _apply(state, catalog, cfg, _event("e5", "c", 5.0))
+    assert list(state.counts) == ["a", "d", "c"] and state.counts["c"] == (2.0, 5.0)
+
+
+def test_out_of_order_events_join_the_sequence_in_arrival_order(catalog, cfg) -> None:
+    """Kept simple: no re-sorting; an item's last time is the latest seen."""
+    state = _apply(
+        UserState(),
+        catalog,
+        cfg,
+        _event("e1", "a", 100.0),
+        _event("e2", "b", 50.0),
+        _event("e3", "a", 10.0),
+    )
+    assert list(state.sequence) == [("a", 100.0), ("b", 50.0), ("a", 10.0)]
+    assert state.counts["a"] == (2.0, 100.0)
+
+
+def test_a_duplicate_event_changes_neither_sequence_nor_counts(catalog, cfg) -> None:
+    state = _apply(UserState(), catalog, cfg, _event("e1", "a", 1.0), _event("e2", "b", 2.0))
+    assert update_state(state, _event("e1", "a", 1.0), catalog, cfg) is False
+    assert list(state.sequence) == [("a", 1.0), ("b", 2.0)]
+    assert dict(state.counts) == {"a": (1.0, 1.0), "b": (1.0, 2.0)}
