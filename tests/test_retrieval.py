@@ -1,4 +1,5 @@
-"""Candidate retrieval: popularity for cold users, inner product for warm ones."""
+"""Candidate retrieval: popularity for cold users, inner product for warm ones,
+the user's own repeat items, and their merge."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from streams.catalog import Catalog
-from streams.retrieval import retrieve
+from streams.contracts import Candidate
+from streams.retrieval import candidates, merge, repeat, retrieve
 from streams.state import UserState
 
 ITEMS = ["i0", "i1", "i2", "i3", "i4", "i5"]
@@ -121,3 +123,67 @@ def test_fewer_when_catalog_is_too_small(catalog, state) -> None:
     state.seen = OrderedDict.fromkeys(["i0", "i4", "not-in-catalog"])
     out = retrieve(state, catalog, 10, filter_seen=True)
     assert sorted(c.item_id for c in out) == ["i1", "i2", "i3", "i5"]
+
+
+def _with_counts(counts: dict[str, tuple[float, float]], vector=None) -> UserState:
+    state = UserState(
+        embedding=None if vector is None else np.asarray(vector, dtype=np.float32),
+        seen=OrderedDict.fromkeys(counts),
+        counts=OrderedDict(counts),
+    )
+    state.last_ts = max(ts for _, ts in counts.values())
+    return state
+
+
+def test_repeat_is_the_most_interacted_items_ties_most_recent_then_id(catalog) -> None:
+    state = _with_counts(
+        {"i0": (1.0, 5.0), "i1": (3.0, 1.0), "i2": (1.0, 9.0), "i3": (1.0, 9.0), "zz": (9.0, 9.0)}
+    )
+    out = repeat(state, catalog, 3)
+    # "zz" is not in the catalog: the ranker could not score it.
+    assert [c.item_id for c in out] == ["i1", "i2", "i3"]
+    assert {c.source for c in out} == {"repeat"} and {c.score for c in out} == {0.0}
+    assert repeat(state, catalog, 0) == []
+
+
+def test_merge_keeps_one_candidate_per_item_with_joined_sources() -> None:
+    ann = [
+        Candidate(item_id="a", score=0.9, source="ann"),
+        Candidate(item_id="b", score=0.5, source="ann", features={"x": 1.0}),
+    ]
+    rep = [
+        Candidate(item_id="b", score=0.0, source="repeat", features={"y": 2.0}),
+        Candidate(item_id="c", score=0.0, source="repeat"),
+    ]
+    out = merge(ann, rep, rep)
+    assert [(c.item_id, c.source, c.score) for c in out] == [
+        ("a", "ann", 0.9),
+        ("b", "ann+repeat", 0.5),
+        ("c", "repeat", 0.0),
+    ]
+    assert out[1].features == {"x": 1.0, "y": 2.0}
+
+
+def test_candidates_merge_ann_and_repeat_with_repeat_features(catalog) -> None:
+    vector = [1, 0, 0]
+    nearest = _expected_ann(catalog, vector)
+    state = _with_counts({nearest[0]: (2.0, 40.0), nearest[5]: (1.0, 100.0)}, vector)
+    out = candidates(state, catalog, m=3, filter_seen=False, repeat_n=5)
+    assert [(c.item_id, c.source) for c in out] == [
+        (nearest[0], "ann+repeat"),
+        (nearest[1], "ann"),
+        (nearest[2], "ann"),
+        (nearest[5], "repeat"),
+    ]
+    by_item = {c.item_id: c for c in out}
+    assert by_item[nearest[0]].features == {"repeat_count": 2.0, "repeat_age_s": 60.0}
+    assert by_item[nearest[5]].features == {"repeat_count": 1.0, "repeat_age_s": 0.0}
+    assert by_item[nearest[0]].score == retrieve(state, catalog, 1, False)[0].score
+    assert by_item[nearest[5]].score == 0.0 and by_item[nearest[1]].features == {}
+
+
+def test_no_repeat_candidates_when_seen_items_are_filtered(catalog) -> None:
+    state = _with_counts({"i0": (2.0, 40.0), "i1": (1.0, 100.0)}, [1, 0, 0])
+    out = candidates(state, catalog, m=6, filter_seen=True, repeat_n=5)
+    assert {c.source for c in out} == {"ann"}
+    assert not {"i0", "i1"} & {c.item_id for c in out}
