@@ -7,19 +7,26 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
 ``parse``           bytes -> Trigger | Shown | DeadLetter (never raises)
 ``split-dlq``       bad records branch off to ``events.dlq`` with the reason
 ``by-user``         key by user_id (a user's inputs stay in order on one worker)
-``user-state``      stateful: decayed embedding, recent items, seen set, open
-                    lists; an event is attributed to the list it came from; each
-                    trigger gets an experiment variant, a segment and candidates
-                    -> RankRequest; closed lists -> ListReward
+``user-state``      stateful: decayed embedding, recent items, seen set, item
+                    sequence and counts, open lists; an event is attributed to
+                    the list it came from and emits its co-visit and hit records
+                    (streams.signals); each trigger gets an experiment variant,
+                    a segment and candidates -> RankRequest; closed lists -> ListReward
 ``outputs``         flatten the step's outputs
-``split-rewards``   ListRewards go to the bandit, the rest to Kafka
+``split-rewards``   ListRewards go to the bandit
+``split-signals``   of the rest, co-visit and hit records go to the item signals,
+                    the others to Kafka
+``by-item``         key the records by item (the co-visit's source, the hit's item)
+``item-signals``    stateful: per item, decayed co-visitation neighbours (top N) and
+                    short/long event counts; each update -> the item's row on
+                    ``item-signals`` (compacted)
 ``arm-metrics``     per-arm pull/reward counters for every closed list
 ``bandit-lists``    only lists whose arm the bandit chose teach it
 ``by-bandit-key``   key by segment (or ``global`` for LinUCB)
 ``bandit``          stateful: the policy per key, updated per closed list; its
                     state goes to ``bandit-weights`` (compacted)
 ``to-kafka``        each output to its topic: ``rank-requests``, ``outcomes``,
-                    ``bandit-weights``, ``events.dlq``
+                    ``bandit-weights``, ``item-signals``, ``events.dlq``
 
 Run it with ``streamrec dataflow`` (wraps ``python -m bytewax.run``, so
 ``-w``, ``-i/-a`` and the recovery flags work) or directly with
@@ -54,8 +61,9 @@ from streams.contracts import (
     parse_recommendation_request,
 )
 from streams.experiments import NO_EXPERIMENT, PolicyConfig, assign, load_config
-from streams.retrieval import retrieve
+from streams.retrieval import candidates
 from streams.settings import Settings
+from streams.signals import CoVisit, Hit, SignalRow, SignalsConfig, SignalsStep, records
 from streams.state import StateConfig, UserState, update_state
 
 __all__ = ["build_flow", "UserStep", "BanditStep", "Trigger", "Shown"]
@@ -116,8 +124,10 @@ class UserStep:
 
     A plain callable class (not a closure) so it is picklable and unit-tested
     without Bytewax. ``apply(state, item) -> (state, outputs)`` where outputs
-    are RankRequests (one per trigger), Outcomes (attributed interactions)
-    and ListRewards (closed lists, for the bandit). ``__call__`` is the
+    are RankRequests (one per trigger), Outcomes (attributed interactions),
+    ListRewards (closed lists, for the bandit) and the
+    co-visit and hit records of each applied event (``streams.signals.records``,
+    for the item signals). ``__call__`` is the
     trigger-only view used by in-process evaluation: ``(state, RankRequest | None)``.
     """
 
@@ -132,6 +142,7 @@ class UserStep:
             event_weights=settings.event_weights,
             recent_n=settings.recent_n,
             seen_max=settings.seen_max,
+            sequence_n=settings.sequence_n,
             session_gap_s=self.policy.bandit.session_gap_s,
         )
 
@@ -164,6 +175,7 @@ class UserStep:
                 state.open_lists, msg, self.policy.attribution, state.early
             )
             outputs += outcomes + closed
+            outputs += records(state.sequence, msg.item_id, msg.ts, self.settings.covis_window)
             request_id, explicit, k, trigger_id = f"evt:{msg.event_id}", None, None, msg.event_id
             metrics.RANK_REQUESTS.labels("event").inc()
         else:
@@ -200,9 +212,16 @@ class UserStep:
             explicit_request_id=explicit_request_id,
             user_id=user_id,
             k=k or s.k,
-            candidates=retrieve(state, self.catalog, m or s.candidates, s.filter_seen),
+            candidates=candidates(
+                state, self.catalog, m or s.candidates, s.filter_seen, s.repeat_n
+            ),
             user_vector=None if vector is None else [round(float(x), 6) for x in vector],
             recent_items=state.recent_items()[: s.history_items],
+            sequence=[item for item, _ in state.sequence],
+            sequence_ts=[ts for _, ts in state.sequence],
+            # Sources the worker adds (sequence model, co-visitation, trending)
+            # must skip what retrieval skipped.
+            exclude=list(state.seen) if s.filter_seen else [],
             category_mix=state.category_mix(),
             trigger_event_id=trigger_event_id,
             arrival_ts=arrival_ts,
@@ -275,6 +294,10 @@ def _to_sink(topics: Topics, item: object) -> KafkaSinkMessage:
         return KafkaSinkMessage(
             key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.outcomes
         )
+    if isinstance(item, SignalRow):
+        return KafkaSinkMessage(
+            key=item.item_id.encode("utf-8"), value=item.to_bytes(), topic=topics.item_signals
+        )
     if isinstance(item, tuple):  # (key, published bandit state)
         key, state = item
         for arm, st in state["stats"].items():
@@ -325,6 +348,14 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     per_user = op.stateful_map("user-state", keyed, UserStep(catalog, s, policy).apply)
     outputs = op.flat_map("outputs", per_user, lambda kv: kv[1])
     rewards = op.branch("split-rewards", outputs, lambda x: isinstance(x, ListReward))
+    signal_records = op.branch(
+        "split-signals", rewards.falses, lambda x: isinstance(x, (CoVisit, Hit))
+    )
+    rows = op.stateful_map(
+        "item-signals",
+        op.key_on("by-item", signal_records.trues, lambda r: r.key),
+        SignalsStep(SignalsConfig.from_settings(s)),
+    )
     bandit_step = BanditStep(policy)
     learn = op.filter(
         "bandit-lists", op.map("arm-metrics", rewards.trues, _record), lambda r: r.mode == "bandit"
@@ -332,7 +363,13 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     weights = op.stateful_map(
         "bandit", op.key_on("by-bandit-key", learn, bandit_step.key), bandit_step
     )
-    merged = op.merge("merge-out", rewards.falses, split.falses, weights)
+    merged = op.merge(
+        "merge-out",
+        signal_records.falses,
+        split.falses,
+        weights,
+        op.map("signal-rows", rows, lambda kv: kv[1]),
+    )
     op.output(
         "kafka-out",
         op.map("to-kafka", merged, lambda x: _to_sink(topics, x)),

@@ -22,6 +22,7 @@ from streams.contracts import (
 from streams.dataflow import BanditStep, Shown, Trigger, UserStep
 from streams.experiments import AttributionConfig, PolicyConfig
 from streams.settings import Settings
+from streams.signals import CoVisit, Hit
 
 CFG = AttributionConfig()  # window 1800 s; click 0.3, favorite 0.5, cart 0.6, purchase 1
 POLICY = {"mode": "bandit", "arm": "mmr:0.7", "segment": "h1-e0-new", "reranker": "mmr"}
@@ -246,20 +247,26 @@ def _recommend(request: RankRequest, items: list[str], arm: str = "mmr:0.7") -> 
     )
 
 
+def _apply(step: UserStep, state, item) -> tuple:
+    """``step.apply`` without the item-signal records (tests/test_signals.py checks them)."""
+    state, outputs = step.apply(state, item)
+    return state, [o for o in outputs if not isinstance(o, (CoVisit, Hit))]
+
+
 def test_user_step_attributes_and_closes_lists(step: UserStep) -> None:
-    state, (request,) = step.apply(None, _trigger("e1", "a", 1000.0, "view"))
+    state, (request,) = _apply(step, None, _trigger("e1", "a", 1000.0, "view"))
     assert isinstance(request, RankRequest)
     assert request.request_id == "evt:e1"
     assert request.experiment == {"name": "div", "variant": "bandit"}
     assert request.policy["mode"] == "bandit"
     first = _recommend(request, ["b", "c"])
 
-    state, outputs = step.apply(state, first)
+    state, outputs = _apply(step, state, first)
     assert outputs == []
     assert (state.open_lists[0].shown_ts, state.open_lists[0].context) == (1000.0, request.context)
 
     click = _trigger("e2", "b", 1100.0, rec_id=first.rec.rec_id)
-    state, outputs = step.apply(state, click)
+    state, outputs = _apply(step, state, click)
     outcome, second_request = outputs
     assert isinstance(outcome, Outcome)
     assert (outcome.rec_id, outcome.item_id, outcome.attributed_by) == (
@@ -271,7 +278,7 @@ def test_user_step_attributes_and_closes_lists(step: UserStep) -> None:
     assert isinstance(second_request, RankRequest)
 
     # max_open_lists=1: the next list closes the first, with the click's reward.
-    state, outputs = step.apply(state, _recommend(second_request, ["c", "d"], arm="dpp:0.6"))
+    state, outputs = _apply(step, state, _recommend(second_request, ["c", "d"], arm="dpp:0.6"))
     assert outputs == [
         ListReward(
             rec_id=first.rec.rec_id,
@@ -285,12 +292,12 @@ def test_user_step_attributes_and_closes_lists(step: UserStep) -> None:
 
     # A replayed event changes nothing and emits nothing.
     events = state.events
-    state, outputs = step.apply(state, click)
+    state, outputs = _apply(step, state, click)
     assert outputs == []
     assert state.events == events
 
     # An event past the window closes the open list before it asks for a new one.
-    state, outputs = step.apply(state, _trigger("e3", "d", 1100.0 + 2 * 1800.0))
+    state, outputs = _apply(step, state, _trigger("e3", "d", 1100.0 + 2 * 1800.0))
     closed, third_request = outputs
     assert isinstance(closed, ListReward)
     assert (closed.rec_id, closed.arm, closed.reward) == (rec_id_for("evt:e2"), "dpp:0.6", 0.0)

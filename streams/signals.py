@@ -1,0 +1,447 @@
+"""Streaming item signals: co-visitation neighbours and trend counts (pure: no Bytewax).
+
+Per applied event the ``user-state`` step emits :func:`records`: a
+:class:`CoVisit` from each of the user's ``covis_window`` previous distinct
+items to the event's item (weight ``1 / distance``, distance 1 = the item
+just before), and one :class:`Hit` of the event's item. The ``item-signals``
+step (:class:`SignalsStep`, keyed by ``record.key``: the co-visit's source,
+the hit's item) keeps per item an :class:`ItemSignals`:
+
+- ``neighbours``: decayed co-visit weights to the items visited after it
+  (half-life ``covis_half_life_s``), the heaviest ``covis_n`` kept, pruned
+  once there are more than ``2 * covis_n``;
+- ``short`` and ``long``: decayed event counts (half-lives
+  ``trend_half_life_s`` and ``trend_long_half_life_s``).
+
+Decay runs on event time and is exact whatever the arrival order: a value is
+``sum(w_i * 0.5 ** ((t - t_i) / half_life))``, kept scaled to a reference
+time so an update costs O(1) (the reference moves forward now and then so the
+scale stays small). Each update emits the item's :class:`SignalRow`, its
+values decayed to the item's latest event time, to the ``item-signals`` topic
+(key = item_id, compacted, JSON)::
+
+    {"item_id": "i9", "neighbours": [["i7", 2.5], ["i3", 1.0]],
+     "short": 3.2, "long": 41.0, "ts": 1732560000.25}
+
+Readers keep the latest row per item in a :class:`SignalsTable`, which
+decays rows to the request's time and turns them into ``covis`` and
+``trending`` candidates and features (``covis``, ``trend``, ``popularity``).
+:class:`SignalsFeed` runs the same step in-process (evaluation) and fills a
+table with what the dataflow would have published. Every ordering ties on
+the item id, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import threading
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from streams.contracts import Candidate
+from streams.retrieval import merge
+from streams.settings import Settings
+
+__all__ = [
+    "TREND_PRIOR",
+    "CoVisit",
+    "Hit",
+    "SignalsConfig",
+    "ItemSignals",
+    "SignalRow",
+    "SignalsStep",
+    "SignalsTable",
+    "SignalsFeed",
+    "records",
+]
+
+#: Added to the long count in the trend ratio, so an item seen twice is not "trending".
+TREND_PRIOR = 5.0
+
+# Move an item's reference time forward once an update lies this many (shortest)
+# half-lives past it: scale factors stay below 2 ** 64.
+_REBASE_HALF_LIVES = 64.0
+
+
+@dataclass(frozen=True, slots=True)
+class CoVisit:
+    """``dst`` was visited after ``src`` by the same user, ``1 / weight`` items later."""
+
+    src: str
+    dst: str
+    weight: float
+    ts: float
+
+    @property
+    def key(self) -> str:
+        return self.src
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One event on ``item_id`` (trend counts)."""
+
+    item_id: str
+    ts: float
+
+    @property
+    def key(self) -> str:
+        return self.item_id
+
+
+def records(
+    sequence: Iterable[tuple[str, float]], item_id: str, ts: float, window: int
+) -> list[CoVisit | Hit]:
+    """The signal records of one event on ``item_id`` at ``ts``.
+
+    ``sequence`` is the user's (item, ts) sequence, oldest first; entries of
+    ``item_id`` itself are skipped, so it may already hold the event.
+
+    >>> for r in records([("a", 1.0), ("b", 2.0), ("a", 3.0)], "c", 4.0, window=5):
+    ...     print(r)
+    CoVisit(src='a', dst='c', weight=1.0, ts=4.0)
+    CoVisit(src='b', dst='c', weight=0.5, ts=4.0)
+    Hit(item_id='c', ts=4.0)
+    """
+    out: list[CoVisit | Hit] = []
+    previous: set[str] = {item_id}
+    for src, _ in reversed(sequence):
+        if len(previous) > window:
+            break
+        if src not in previous:
+            previous.add(src)
+            out.append(CoVisit(src, item_id, 1.0 / (len(previous) - 1), ts))
+    out.append(Hit(item_id, ts))
+    return out
+
+
+@dataclass(frozen=True)
+class SignalsConfig:
+    """The knobs of the signals (a slice of ``Settings``)."""
+
+    covis_n: int = 50
+    covis_half_life_s: float = 30 * 24 * 3600.0
+    trend_half_life_s: float = 24 * 3600.0
+    trend_long_half_life_s: float = 30 * 24 * 3600.0
+
+    @cached_property
+    def rebase_after_s(self) -> float:
+        """How far an update may lie past an item's reference time before it moves."""
+        shortest = min(self.covis_half_life_s, self.trend_half_life_s, self.trend_long_half_life_s)
+        return _REBASE_HALF_LIVES * shortest
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> SignalsConfig:
+        return cls(
+            covis_n=s.covis_n,
+            covis_half_life_s=s.covis_half_life_s,
+            trend_half_life_s=s.trend_half_life_s,
+            trend_long_half_life_s=s.trend_long_half_life_s,
+        )
+
+
+@dataclass(frozen=True)
+class SignalRow:
+    """One item's published signals, decayed to ``ts`` (the item's latest event time)."""
+
+    item_id: str
+    neighbours: tuple[tuple[str, float], ...]
+    short: float
+    long: float
+    ts: float
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "item_id": self.item_id,
+                "neighbours": [list(n) for n in self.neighbours],
+                "short": self.short,
+                "long": self.long,
+                "ts": self.ts,
+            }
+        ).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> SignalRow:
+        """Parse an ``item-signals`` record; raises ValueError, KeyError or TypeError."""
+        obj = json.loads(raw)
+        return cls(
+            item_id=str(obj["item_id"]),
+            neighbours=tuple((str(i), float(w)) for i, w in obj["neighbours"]),
+            short=float(obj["short"]),
+            long=float(obj["long"]),
+            ts=float(obj["ts"]),
+        )
+
+
+@dataclass
+class ItemSignals:
+    """One item's state in the ``item-signals`` step. Values are scaled to ``ref_ts``:
+    the decayed value at time t is ``value * 0.5 ** ((t - ref_ts) / half_life)``."""
+
+    ref_ts: float | None = None
+    last_ts: float | None = None
+    neighbours: dict[str, float] = field(default_factory=dict)
+    short: float = 0.0
+    long: float = 0.0
+
+    def add(self, record: CoVisit | Hit, cfg: SignalsConfig) -> None:
+        """Apply one record."""
+        ts = record.ts
+        if self.ref_ts is None:
+            self.ref_ts = self.last_ts = ts
+        elif ts - self.ref_ts > cfg.rebase_after_s:
+            self._rebase(ts, cfg)
+        if ts > self.last_ts:
+            self.last_ts = ts
+        age = ts - self.ref_ts
+        if type(record) is Hit:
+            self.short += 2.0 ** (age / cfg.trend_half_life_s)
+            self.long += 2.0 ** (age / cfg.trend_long_half_life_s)
+            return
+        n = self.neighbours
+        n[record.dst] = n.get(record.dst, 0.0) + record.weight * 2.0 ** (
+            age / cfg.covis_half_life_s
+        )
+        if len(n) > 2 * cfg.covis_n:
+            self.neighbours = dict(_top(n.items(), cfg.covis_n))
+
+    def _rebase(self, ts: float, cfg: SignalsConfig) -> None:
+        assert self.ref_ts is not None
+        dt = ts - self.ref_ts
+        covis = 0.5 ** (dt / cfg.covis_half_life_s)
+        self.neighbours = {k: v * covis for k, v in self.neighbours.items()}
+        self.short *= 0.5 ** (dt / cfg.trend_half_life_s)
+        self.long *= 0.5 ** (dt / cfg.trend_long_half_life_s)
+        self.ref_ts = ts
+
+    def row(self, item_id: str, cfg: SignalsConfig) -> SignalRow:
+        """The published row: the top ``covis_n`` neighbours and counts at ``last_ts``."""
+        assert self.ref_ts is not None and self.last_ts is not None
+        dt = self.last_ts - self.ref_ts
+        covis = 0.5 ** (dt / cfg.covis_half_life_s)
+        # Rounded before ranking: two weights equal but for float noise tie on the id.
+        weights = ((k, round(v * covis, 6)) for k, v in self.neighbours.items())
+        return SignalRow(
+            item_id=item_id,
+            neighbours=tuple(_top(((k, w) for k, w in weights if w > 0), cfg.covis_n)),
+            short=round(self.short * 0.5 ** (dt / cfg.trend_half_life_s), 6),
+            long=round(self.long * 0.5 ** (dt / cfg.trend_long_half_life_s), 6),
+            ts=self.last_ts,
+        )
+
+
+def _top(pairs: Iterable[tuple[str, float]], n: int) -> list[tuple[str, float]]:
+    """The ``n`` largest (key, value) pairs, heaviest first, ties by key."""
+    return heapq.nsmallest(n, pairs, key=lambda kv: (-kv[1], kv[0]))
+
+
+class SignalsStep:
+    """The ``item-signals`` step, keyed by item: ``(state, record) -> (state, row)``.
+
+    A plain callable class, so it is picklable and unit-tested without Bytewax.
+    """
+
+    def __init__(self, cfg: SignalsConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(
+        self, state: ItemSignals | None, record: CoVisit | Hit
+    ) -> tuple[ItemSignals, SignalRow]:
+        state = self.update(state, record)
+        return state, state.row(record.key, self.cfg)
+
+    def update(self, state: ItemSignals | None, record: CoVisit | Hit) -> ItemSignals:
+        """Apply ``record`` without building the row (what :class:`SignalsFeed` batches)."""
+        state = state if state is not None else ItemSignals()
+        state.add(record, self.cfg)
+        return state
+
+
+def _decay(dt: float, half_life_s: float) -> float:
+    """0.5 ** (dt / half_life), never growing: a row newer than ``now`` is taken as is."""
+    return 0.5 ** (max(0.0, dt) / half_life_s)
+
+
+class SignalsTable:
+    """The latest :class:`SignalRow` per item, and the candidates and features they give.
+
+    Rows are decayed to the caller's ``now`` (event time: the request's
+    clock, the user's last event). Safe to read while another thread applies
+    rows (the worker's follower).
+
+    >>> table = SignalsTable(SignalsConfig())
+    >>> table.apply(SignalRow("a", (("b", 2.0), ("c", 1.0)), 1.0, 1.0, 10.0))
+    >>> [(c.item_id, c.source) for c in table.candidates(["a"], 10.0, covis_n=2, trending_n=1)]
+    [('b', 'covis'), ('c', 'covis'), ('a', 'trending')]
+    """
+
+    def __init__(self, cfg: SignalsConfig) -> None:
+        self.cfg = cfg
+        self.rows: dict[str, SignalRow] = {}
+        self.applied = 0
+        self._lock = threading.Lock()
+        self._index: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._counts = np.zeros((0, 3), dtype=np.float64)  # short, long, ts per item
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def apply(self, row: SignalRow) -> None:
+        """Keep ``row`` as its item's latest."""
+        with self._lock:
+            self.rows[row.item_id] = row
+            self.applied += 1
+            i = self._index.get(row.item_id)
+            if i is None:
+                i = self._index[row.item_id] = len(self._ids)
+                self._ids.append(row.item_id)
+                if i == len(self._counts):
+                    grown = np.zeros((max(64, 2 * i), 3), dtype=np.float64)
+                    grown[:i] = self._counts
+                    self._counts = grown
+            self._counts[i] = (row.short, row.long, row.ts)
+
+    def candidates(
+        self,
+        recent_items: Sequence[str],
+        now: float,
+        covis_n: int,
+        trending_n: int,
+        exclude: Collection[str] = (),
+    ) -> list[Candidate]:
+        """``covis_n`` co-visitation + ``trending_n`` trending candidates, merged.
+
+        ``recent_items`` are the user's items, most recent first. Co-visitation
+        score: the sum over recent items of their neighbour weight times
+        ``1 / (1 + position)``; trend score: the short count over the long count
+        plus :data:`TREND_PRIOR`, both decayed to ``now``. Covis candidates
+        come first (score = covis score), then trending ones (score = trend);
+        each carries every feature it has (see :meth:`features`). Items in
+        ``exclude`` are left out.
+        """
+        with self._lock:
+            covis = self._covis(recent_items, now)
+            trend, popularity = self._counts_at(now)
+            n = trending_n + len(exclude)
+            trending = _top(((self._ids[i], float(trend[i])) for i in _largest(trend, n)), n)
+            top_covis = _top(((k, v) for k, v in covis.items() if k not in exclude), covis_n)
+            top_trend = [(k, v) for k, v in trending if k not in exclude][:trending_n]
+            return merge(
+                *(
+                    [
+                        Candidate(
+                            item_id=k,
+                            score=round(v, 6),
+                            source=source,
+                            features=self._features_of(k, covis, trend, popularity),
+                        )
+                        for k, v in top
+                    ]
+                    for source, top in (("covis", top_covis), ("trending", top_trend))
+                )
+            )
+
+    def features(
+        self, item_ids: Sequence[str], recent_items: Sequence[str], now: float
+    ) -> list[dict[str, float]]:
+        """Per item, what the table knows of it at ``now``, each only when > 0: what a
+        ranker attaches to candidates of other sources. ``covis`` and ``trend`` as
+        in :meth:`candidates`, ``popularity`` the long count decayed to ``now``."""
+        with self._lock:
+            covis = self._covis(recent_items, now)
+            trend, popularity = self._counts_at(now)
+            return [self._features_of(i, covis, trend, popularity) for i in item_ids]
+
+    def _features_of(
+        self, item: str, covis: dict[str, float], trend: np.ndarray, popularity: np.ndarray
+    ) -> dict[str, float]:
+        i = self._index.get(item)
+        found = {
+            "covis": covis.get(item, 0.0),
+            "trend": 0.0 if i is None else float(trend[i]),
+            "popularity": 0.0 if i is None else float(popularity[i]),
+        }
+        return {k: round(v, 6) for k, v in found.items() if v > 0}
+
+    def _covis(self, recent_items: Sequence[str], now: float) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        for pos, src in enumerate(recent_items):
+            row = self.rows.get(src)
+            if row is None:
+                continue
+            factor = _decay(now - row.ts, self.cfg.covis_half_life_s) / (1.0 + pos)
+            for dst, w in row.neighbours:
+                scores[dst] = scores.get(dst, 0.0) + w * factor
+        return scores
+
+    def _counts_at(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """(trend, popularity) per item index: the short count over the long count
+        plus the prior, and the long count, decayed to ``now`` (never grown)."""
+        short, long, ts = self._counts[: len(self._ids)].T
+        dt = np.maximum(0.0, now - ts)
+        popularity = long * np.exp2(-dt / self.cfg.trend_long_half_life_s)
+        trend = short * np.exp2(-dt / self.cfg.trend_half_life_s) / (popularity + TREND_PRIOR)
+        return trend, popularity
+
+
+def _largest(values: np.ndarray, n: int) -> np.ndarray:
+    """Indices of every positive value at least as large as the ``n``-th largest
+    (ties at the boundary all kept, so the caller's tie-break decides)."""
+    if n <= 0 or len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n < len(values):
+        threshold = np.partition(values, len(values) - n)[len(values) - n]
+        return np.flatnonzero((values >= threshold) & (values > 0))
+    return np.flatnonzero(values > 0)
+
+
+class SignalsFeed:
+    """The ``item-signals`` step in-process: records in, the rows it would have
+    published into :attr:`table`.
+
+    Only an item's latest row matters to a table, so :meth:`add` applies the
+    records and :meth:`flush` builds one row per touched item: the table ends
+    exactly as if every row had been applied, without building a row per record.
+    """
+
+    def __init__(self, cfg: SignalsConfig) -> None:
+        self.step = SignalsStep(cfg)
+        self.table = SignalsTable(cfg)
+        self.states: dict[str, ItemSignals] = {}
+        self.rows = 0  # rows the dataflow would have published
+        self._dirty: dict[str, None] = {}
+
+    def add(self, found: Iterable[CoVisit | Hit]) -> None:
+        """Apply ``found`` (records in order, any items)."""
+        states, dirty, cfg = self.states, self._dirty, self.step.cfg
+        for record in found:
+            key = record.key
+            state = states.get(key)
+            if state is None:
+                state = states[key] = ItemSignals()
+            state.add(record, cfg)  # what SignalsStep.update does, without the call
+            dirty[key] = None
+            self.rows += 1
+
+    def flush(self) -> SignalsTable:
+        """Apply the latest row of every item touched since the last flush; the table."""
+        cfg = self.step.cfg
+        for key in self._dirty:
+            self.table.apply(self.states[key].row(key, cfg))
+        self._dirty.clear()
+        return self.table
