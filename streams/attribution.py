@@ -15,6 +15,9 @@ makes attribution idempotent under replayed duplicates.
 A list closes when it falls out of the window or when more than
 ``max_open_lists`` newer lists exist; its reward, min(1, sum of the credited
 events' weights), is then final and becomes a ``ListReward`` for the bandit.
+The reward also carries the list's fusion examples: each shown item that
+came with features (``RankedItem.features``), labelled 1 when an interaction
+on it was credited, else 0 (the dataflow's ``fusion`` step learns from them).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class ShownList:
     context: list[float] | None = None
     credited: set[tuple[str, str]] = field(default_factory=set)
     reward: float = 0.0
+    # item -> the features the ranker scored it with (items shown with features only)
+    features: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,12 @@ class ListReward:
     mode: str
     reward: float
     context: list[float] | None
+    # (features, label) per shown item that had features, in list order
+    examples: tuple[tuple[dict[str, float], int], ...] = ()
 
 
 def _close(lst: ShownList) -> ListReward:
+    hit = {item for item, _ in lst.credited}
     return ListReward(
         rec_id=lst.rec_id,
         arm=str(lst.policy.get("arm", "")),
@@ -62,6 +70,7 @@ def _close(lst: ShownList) -> ListReward:
         mode=str(lst.policy.get("mode", "fixed")),
         reward=min(1.0, lst.reward),
         context=lst.context,
+        examples=tuple((f, int(item in hit)) for item, f in lst.features.items()),
     )
 
 
@@ -94,6 +103,7 @@ def show(
             experiment=dict(rec.experiment),
             shown_ts=shown_ts,
             context=context,
+            features={x.item_id: dict(x.features) for x in rec.items if x.features is not None},
         )
     )
     while len(open_lists) > cfg.max_open_lists:

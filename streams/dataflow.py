@@ -13,7 +13,7 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
                     (streams.signals); each trigger gets an experiment variant,
                     a segment and candidates -> RankRequest; closed lists -> ListReward
 ``outputs``         flatten the step's outputs
-``split-rewards``   ListRewards go to the bandit
+``split-rewards``   ListRewards go to the bandit and the fusion learner
 ``split-signals``   of the rest, co-visit and hit records go to the item signals,
                     the others to Kafka
 ``by-item``         key the records by item (the co-visit's source, the hit's item)
@@ -25,8 +25,14 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
 ``by-bandit-key``   key by segment (or ``global`` for LinUCB)
 ``bandit``          stateful: the policy per key, updated per closed list; its
                     state goes to ``bandit-weights`` (compacted)
+``fusion-examples`` each closed list's (features, label) per shown item with features
+``by-fusion-key``   one key, ``global``
+``fusion``          stateful: the fusion ranker's logistic regression, one SGD step
+                    per example; its weights go to ``fusion-weights`` (compacted)
+                    on the first update and every ``_FUSION_PUBLISH_EVERY``
 ``to-kafka``        each output to its topic: ``rank-requests``, ``outcomes``,
-                    ``bandit-weights``, ``item-signals``, ``events.dlq``
+                    ``bandit-weights``, ``item-signals``, ``fusion-weights``,
+                    ``events.dlq``
 
 Run it with ``streamrec dataflow`` (wraps ``python -m bytewax.run``, so
 ``-w``, ``-i/-a`` and the recovery flags work) or directly with
@@ -61,6 +67,7 @@ from streams.contracts import (
     parse_recommendation_request,
 )
 from streams.experiments import NO_EXPERIMENT, PolicyConfig, assign, load_config
+from streams.fusion import FusionStep, load_weights
 from streams.retrieval import candidates
 from streams.settings import Settings
 from streams.signals import CoVisit, Hit, SignalRow, SignalsConfig, SignalsStep, records
@@ -69,6 +76,8 @@ from streams.state import StateConfig, UserState, update_state
 __all__ = ["build_flow", "UserStep", "BanditStep", "Trigger", "Shown"]
 
 _MAX_PENDING = 64
+# Examples between two publications of the fusion weights (and the first one).
+_FUSION_PUBLISH_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,7 @@ class UserStep:
     A plain callable class (not a closure) so it is picklable and unit-tested
     without Bytewax. ``apply(state, item) -> (state, outputs)`` where outputs
     are RankRequests (one per trigger), Outcomes (attributed interactions),
-    ListRewards (closed lists, for the bandit) and the
+    ListRewards (closed lists, for the bandit and the fusion learner) and the
     co-visit and hit records of each applied event (``streams.signals.records``,
     for the item signals). ``__call__`` is the
     trigger-only view used by in-process evaluation: ``(state, RankRequest | None)``.
@@ -272,6 +281,17 @@ class BanditStep:
         return state, {"key": self.key(reward), "updated_ts": time.time(), **state.to_state()}
 
 
+@dataclass(frozen=True)
+class FusionWeights:
+    """The fusion step's published weights (``streams.fusion``), for ``fusion-weights``."""
+
+    weights: dict
+
+
+def _publish_fusion(kv: tuple[str, dict | None]) -> list[FusionWeights]:
+    return [] if kv[1] is None else [FusionWeights(kv[1])]
+
+
 def _record(item: ListReward) -> ListReward:
     """Per-arm metrics for every closed list (bandit or fixed)."""
     metrics.BANDIT_PULLS.labels(item.segment, item.arm).inc()
@@ -297,6 +317,12 @@ def _to_sink(topics: Topics, item: object) -> KafkaSinkMessage:
     if isinstance(item, SignalRow):
         return KafkaSinkMessage(
             key=item.item_id.encode("utf-8"), value=item.to_bytes(), topic=topics.item_signals
+        )
+    if isinstance(item, FusionWeights):
+        return KafkaSinkMessage(
+            key=b"global",
+            value=json.dumps(item.weights).encode("utf-8"),
+            topic=topics.fusion_weights,
         )
     if isinstance(item, tuple):  # (key, published bandit state)
         key, state = item
@@ -356,6 +382,20 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
         op.key_on("by-item", signal_records.trues, lambda r: r.key),
         SignalsStep(SignalsConfig.from_settings(s)),
     )
+    # One key is enough for the fusion learner: its model is a few dozen floats
+    # and an SGD step costs microseconds, far below the rate lists close at.
+    fusion = op.stateful_map(
+        "fusion",
+        op.key_on(
+            "by-fusion-key",
+            op.flat_map("fusion-examples", rewards.trues, lambda r: r.examples),
+            lambda _: "global",
+        ),
+        FusionStep(
+            None if s.fusion_warm_start is None else load_weights(s.fusion_warm_start),
+            _FUSION_PUBLISH_EVERY,
+        ),
+    )
     bandit_step = BanditStep(policy)
     learn = op.filter(
         "bandit-lists", op.map("arm-metrics", rewards.trues, _record), lambda r: r.mode == "bandit"
@@ -369,6 +409,7 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
         split.falses,
         weights,
         op.map("signal-rows", rows, lambda kv: kv[1]),
+        op.flat_map("fusion-weights", fusion, _publish_fusion),
     )
     op.output(
         "kafka-out",

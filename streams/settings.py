@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     seq_candidates: int = Field(
         100, ge=0, description="the sequence model's top items added as candidates"
     )
+    fusion_warm_start: Path | None = Field(
+        None, description="JSON weights the fusion learner starts from"
+    )
 
     # --- observability ---
     metrics_port: int = Field(9100, ge=0, description="Prometheus /metrics port; 0 = off")
