@@ -13,6 +13,16 @@ The loop, per micro-batch:
 
 Several workers share ``rank-requests`` through one consumer group.
 
+Followers: background threads read the dataflow's compacted internal topics
+from the beginning, every worker all of them (no group): ``bandit-weights``
+into the policy book, ``item-signals`` rows into a
+:class:`~streams.signals.SignalsTable` (``ranker.signals``) and the newest
+``fusion-weights`` onto ``ranker.fusion_weights``. Every ranker the worker
+serves (swapped-in versions and experiment variants too) gets the same
+table and weights. ``streamrec_worker_signal_rows_total`` counts the rows
+applied, so a caller can wait until the worker has seen a known number of
+them (the embedded broker's high watermarks are not reliable).
+
 Model reload: with ``--artifact`` (a version folder or the ``current`` link of
 ``streamrec finetune``), a background thread checks the version it points at
 every ``reload_interval_s`` seconds and on SIGHUP; a new version's ranker
@@ -31,11 +41,13 @@ import signal
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import numpy as np
 from confluent_kafka import Message
+from prometheus_client import Counter
 
 from model import metrics
 from model.artifact import artifact_version
@@ -49,12 +61,17 @@ from streams.contracts import DeadLetter, RankRequest, Recommendation, Topics, p
 from streams.experiments import load_config
 from streams.kafka import TopicFollower, consumer, producer
 from streams.settings import Settings
+from streams.signals import SignalRow, SignalsConfig, SignalsTable
 
 __all__ = ["Worker", "build_ranker", "load_ranker", "WORKER_GROUP", "DeliveryFailed"]
 
 log = logging.getLogger(__name__)
 
 WORKER_GROUP = "streamrec-worker"
+
+SIGNAL_ROWS = Counter(
+    "streamrec_worker_signal_rows_total", "item-signals rows applied to the worker's table"
+)
 
 
 class DeliveryFailed(RuntimeError):
@@ -115,6 +132,9 @@ class Worker:
         self.book = PolicyBook(policy)
         metrics.init_labels(policy.variants())
         self.ranker = ranker or load_ranker(settings, self.book)
+        self.signals = SignalsTable(SignalsConfig.from_settings(settings))
+        self.fusion_weights: dict | None = None
+        self._attach(self.ranker)
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._catalog = self.ranker.catalog
         self._recent_lists: deque[list[int]] = deque(maxlen=1000)
@@ -167,6 +187,7 @@ class Worker:
         new, self._pending = self._pending, None
         if new is None:
             return
+        self._attach(new)
         old, self.ranker, self._catalog = self.ranker, new, new.catalog
         self._recent_lists.clear()
         self._recent_ild.clear()
@@ -244,7 +265,7 @@ class Worker:
         if artifact not in self._variant_rankers:
             log.info("loading the model of an experiment variant: %s", artifact)
             settings = self.settings.model_copy(update={"artifact": Path(artifact)})
-            self._variant_rankers[artifact] = load_ranker(settings, self.book)
+            self._variant_rankers[artifact] = self._attach(load_ranker(settings, self.book))
         return self._variant_rankers[artifact]
 
     def _lag_from_stats(self, stats_json: str) -> None:
@@ -268,16 +289,34 @@ class Worker:
         distinct = {r for lst in self._recent_lists for r in lst}
         metrics.CATALOG_COVERAGE.set(len(distinct) / max(1, len(self._catalog)))
 
-    def _follow_bandit_weights(self) -> None:
-        """Background thread: keep the newest bandit policy per key in the book."""
-        follower = TopicFollower(self.settings.brokers, [self.topics.bandit_weights])
+    def _attach(self, ranker: Ranker) -> Ranker:
+        """Hand the followed item signals and fusion weights to ``ranker``."""
+        ranker.signals = self.signals
+        ranker.fusion_weights = self.fusion_weights
+        return ranker
+
+    def _apply_signal_row(self, raw: bytes) -> None:
+        self.signals.apply(SignalRow.from_json(raw))
+        SIGNAL_ROWS.inc()
+
+    def _apply_fusion_weights(self, raw: bytes) -> None:
+        weights = json.loads(raw)
+        if not isinstance(weights, dict) or not isinstance(weights.get("weights"), dict):
+            raise ValueError(f"not a fusion weights object: {str(weights)[:80]}")
+        self.fusion_weights = weights
+        for ranker in [self.ranker, *self._variant_rankers.values()]:
+            ranker.fusion_weights = weights
+
+    def _follow(self, topic: str, apply: Callable[[bytes], None]) -> None:
+        """Background thread: ``apply`` every record of ``topic``, from the beginning."""
+        follower = TopicFollower(self.settings.brokers, [topic])
         try:
             while not self._stop.is_set():
                 for m in follower.poll(500, 0.5):
                     try:
-                        self.book.apply(json.loads(m.value()))
+                        apply(m.value())
                     except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("ignoring a bad bandit-weights record: %s", exc)
+                        log.warning("ignoring a bad %s record: %s", topic, exc)
         finally:
             follower.close()
 
@@ -285,9 +324,15 @@ class Worker:
         """The consume -> rank -> produce -> commit loop, until ``stop()``."""
         s = self.settings
         metrics.serve(s.metrics_port)
-        threading.Thread(
-            target=self._follow_bandit_weights, name="bandit-weights", daemon=True
-        ).start()
+        t = self.topics
+        for topic, apply in [
+            (t.bandit_weights, lambda raw: self.book.apply(json.loads(raw))),
+            (t.item_signals, self._apply_signal_row),
+            (t.fusion_weights, self._apply_fusion_weights),
+        ]:
+            threading.Thread(
+                target=self._follow, args=(topic, apply), name=topic, daemon=True
+            ).start()
         if s.artifact is not None:
             threading.Thread(
                 target=self._watch_artifact, name="artifact-watch", daemon=True

@@ -416,3 +416,47 @@ def test_dataflow_rows_equal_in_process_and_survive_a_killed_dataflow(
     # It resumed from its snapshot: a dataflow that started over would have
     # published the first part's rows again (and ended equal all the same).
     assert feed.rows <= read < feed.rows + rows_before_cut
+
+
+# --- the worker's followers ---
+
+
+@pytest.mark.integration
+def test_the_worker_follows_item_signals_and_fusion_weights_onto_its_ranker(broker, topics) -> None:
+    """Rows fill the worker's table (bad records skipped), the newest weights reach
+    the ranker, and the rows applied are counted for whoever waits on them."""
+    import threading
+    from types import SimpleNamespace
+
+    from model.worker import SIGNAL_ROWS, Worker
+    from tests.conftest import produce_all
+
+    ranker = SimpleNamespace(catalog=None, model_version="test", scorer=None)
+    settings = Settings(brokers=broker.bootstrap, topic_prefix=topics.prefix, metrics_port=0)
+    worker = Worker(settings, ranker=ranker)  # type: ignore[arg-type]
+    assert ranker.signals is worker.signals and ranker.fusion_weights is None
+    rows = [_run([CoVisit(i, "z", 1.0, 0.0), Hit(i, 1.0)])[i] for i in "abc"]
+    produce_all(
+        broker.bootstrap,
+        topics.item_signals,
+        [(r.item_id.encode(), r.to_bytes()) for r in rows] + [(b"bad", b"not json")],
+    )
+    weights = [{"bias": b, "weights": {"covis": 1.0}, "updates": b} for b in (1, 2)]
+    produce_all(
+        broker.bootstrap,
+        topics.fusion_weights,
+        [(b"global", json.dumps(w).encode()) for w in weights],
+    )
+    before = SIGNAL_ROWS._value.get()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        len(worker.signals) < 3 or ranker.fusion_weights != weights[-1]
+    ):
+        time.sleep(0.1)
+    worker.stop()
+    thread.join(15)
+    assert worker.signals.rows == {r.item_id: r for r in rows}
+    assert ranker.fusion_weights == worker.fusion_weights == weights[-1]
+    assert SIGNAL_ROWS._value.get() - before == 3
