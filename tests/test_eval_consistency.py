@@ -1,7 +1,9 @@
 """The in-process harness against the deployed pipeline (model.evaluation.consistency).
 
 The same events go through the real embedded broker, dataflow and worker and
-through UserStep + Ranker in-process; every event-triggered list must match.
+through UserStep + Ranker in-process; every event-triggered list must match,
+and so must every explicit request's list sent once the worker has applied
+the events' item-signals rows.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def test_every_list_through_kafka_equals_the_in_process_one(
     assert report.pipeline_lists == report.in_process_lists == report.compared == n
     assert report.identical == n, report.mismatches
     assert report.max_score_diff <= SCORE_TOLERANCE
+    users = len(set(dataset.interactions.user_id[:n]))
+    assert report.explicit == report.explicit_compared == report.explicit_identical == users
+    # One hit per event plus one co-visit per previous distinct item (up to the window).
+    assert n < report.signal_rows <= n * (1 + settings.covis_window)
+    assert not report.signals_read  # the default two-tower scorer
     assert report.ok
     json_path, md_path = write_consistency(tmp_path / "out", report, "generic consistency")
     assert json.loads(json_path.read_text())["ok"] is True

@@ -40,9 +40,9 @@ class _Spy:
         self.step = step
         self.fed: list = []
 
-    def __call__(self, state, trigger):
+    def apply(self, state, trigger):
         self.fed.append(trigger.message)
-        return self.step(state, trigger)
+        return self.step.apply(state, trigger)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,30 @@ def test_a_candidate_mask_restricts_every_list(system, split) -> None:
     allowed[::2] = True
     for ranked in system.recommend_many(np.arange(len(split.user_ids)), 10, allowed):
         assert allowed[ranked].all()
+
+
+def test_requests_exclude_the_mask_and_the_universe_for_sources_the_ranker_adds(
+    system, split
+) -> None:
+    """A scorer that adds candidates of its own (the fusion scorer) reads
+    ``exclude``; the fed events also filled the signals table it reads."""
+    data = split.test
+    system.fit(data.train)
+    users = np.arange(len(split.user_ids))
+    allowed = np.zeros(len(split.item_ids), dtype=bool)
+    allowed[::2] = True
+    outside = {split.item_ids[c] for c in np.flatnonzero(~allowed)}
+    masked = system.requests(users, 10, allowed, [data.history(u) for u in users])
+    for u, request in zip(users.tolist(), masked, strict=True):
+        history = {split.item_ids[c] for c in data.history(u).tolist()}
+        assert history | outside <= set(request.exclude)
+        assert {c.source for c in request.candidates} <= {"ann", "popular"}
+    plain = system.requests(users, 10)
+    assert not any(r.exclude for r in plain)
+    assert any("repeat" in c.source for r in plain for c in r.candidates)
+    assert plain[0].sequence and len(plain[0].sequence) == len(plain[0].sequence_ts)
+    assert len(system.signals.table) > 0
+    assert system.signals.rows >= len(data.train.events)  # a hit per event, plus co-visits
 
 
 def test_the_state_for_a_test_list_never_saw_the_target_event(dataset, catalog_path) -> None:

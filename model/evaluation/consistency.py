@@ -2,13 +2,37 @@
 
 1. In-process: feed the first ``n`` events of the dataset, in order, through
    the dataflow's :class:`~streams.dataflow.UserStep` (the rank request each
-   event triggers is kept) and rank those requests with the worker's ranker
-   (``model.worker.build_ranker``), ``batch_size`` per call.
+   event triggers is kept) and their co-visit and hit records through its
+   ``item-signals`` step (:class:`~streams.signals.SignalsFeed`); then ask for
+   one explicit list for each of the slice's first ``explicit_users`` users,
+   as a ``recommendation-requests`` record does. Rank all of them with the
+   worker's ranker (``model.worker.build_ranker``), ``batch_size`` per call,
+   its ``signals`` the table the rows fill.
 2. Deployed: replay the same events onto the real (embedded) broker, run the
    real dataflow and worker as child processes, and collect the
-   event-triggered lists from ``recommendations``.
-3. Compare per trigger event: are the item ids identical, in order, and what
-   is the largest absolute score difference between the two?
+   event-triggered lists from ``recommendations``; wait until the worker has
+   applied every ``item-signals`` row of those events; then send the explicit
+   requests and collect their lists.
+3. Compare per trigger (event id, or explicit request id): are the item ids
+   identical, in order, and what is the largest absolute score difference?
+
+Waiting for the signals. The worker applies ``item-signals`` rows on a
+follower thread, apart from ranking. The embedded broker's high watermarks
+are not reliable, so the wait counts records instead: step 1 knows how many
+rows the events make (one per co-visit or hit record), and the runner reads
+the worker's ``streamrec_worker_signal_rows_total`` on its ``/metrics`` until
+it reaches that number. Only then do the explicit requests go out, so their
+lists see exactly the in-process table. (A dataflow restarted mid-run would
+publish some rows twice and end the wait early; the runner starts its own
+processes and restarts none.)
+
+Event-triggered lists are ranked whenever the worker gets to them, with the
+rows its follower has applied by then (usually nearly all: applying a row is
+far cheaper than ranking a list); in-process they are ranked with the final
+table. A scorer that reads the signals (it holds them as ``scorer.signals``,
+like the fusion scorer) may therefore rank an event-triggered list
+differently; for it those lists are reported, and only the explicit ones must
+be identical. Other scorers must match on both.
 
 The two sides batch the LM differently (the worker's micro-batches against
 fixed batches here) and the published scores are rounded to 6 decimals, so
@@ -20,7 +44,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,11 +55,14 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from streams.catalog import Catalog
-from streams.contracts import Recommendation, Topics
+from streams.contracts import RankRequest, Recommendation, RecommendationRequest, Topics
 from streams.dataflow import Trigger, UserStep
+from streams.signals import CoVisit, Hit, SignalsConfig, SignalsFeed
+from streams.state import UserState
 
 if TYPE_CHECKING:
     from model.ranker import Ranker
+    from streamrec.processes import ProcessGroup
     from streams.datasets import Dataset
     from streams.settings import Settings
 
@@ -54,12 +84,13 @@ Ranked = list[tuple[str, float]]
 
 
 class PipelineStalled(TimeoutError):
-    """The deployed pipeline stopped publishing lists before every event had one."""
+    """The deployed pipeline stopped making progress before every list was in."""
 
 
 @dataclass(frozen=True)
 class ConsistencyReport:
-    """The comparison of in-process and deployed lists, one per trigger event."""
+    """The comparison of in-process and deployed lists: one per trigger event,
+    one per explicit request sent after the worker applied the item signals."""
 
     events: int
     pipeline_lists: int
@@ -70,13 +101,21 @@ class ConsistencyReport:
     tolerance: float
     seconds: float
     mismatches: list[dict] = field(default_factory=list)
+    explicit: int = 0
+    explicit_compared: int = 0
+    explicit_identical: int = 0
+    signal_rows: int = 0
+    signals_read: bool = False
 
     @property
     def ok(self) -> bool:
-        """Every event has a list on both sides, all identical, scores within tolerance."""
+        """Every trigger has a list on both sides, all identical (event-triggered ones
+        only when the ranker reads no signals), scores within tolerance."""
         return (
             self.compared == self.events
-            and self.identical == self.compared
+            and (self.signals_read or self.identical == self.compared)
+            and self.explicit_compared == self.explicit
+            and self.explicit_identical == self.explicit_compared
             and self.max_score_diff <= self.tolerance
         )
 
@@ -85,12 +124,16 @@ class ConsistencyReport:
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) lines of the report, for the terminal and Markdown."""
+        lag = " (signals may lag in the worker: not checked)" if self.signals_read else ""
         return [
             ("events replayed", f"{self.events:,}"),
             ("lists through Kafka (dataflow + worker)", f"{self.pipeline_lists:,}"),
             ("lists in-process (UserStep + Ranker)", f"{self.in_process_lists:,}"),
             ("compared (same trigger event)", f"{self.compared:,}"),
-            ("identical item ids, in order", f"{self.identical:,}"),
+            ("identical item ids, in order" + lag, f"{self.identical:,}"),
+            ("item-signals rows the worker applied first", f"{self.signal_rows:,}"),
+            ("explicit requests, then compared", f"{self.explicit:,} / {self.explicit_compared:,}"),
+            ("explicit lists identical", f"{self.explicit_identical:,}"),
             ("max absolute score difference", f"{self.max_score_diff:.2e}"),
             ("tolerance", f"{self.tolerance:.0e}"),
             ("verdict", "consistent" if self.ok else "DIFFERENT"),
@@ -102,6 +145,53 @@ class ConsistencyReport:
         return "\n".join(lines + [f"| {a} | {b} |" for a, b in self.rows()]) + "\n"
 
 
+def _explicit_id(user_id: str) -> str:
+    return f"consistency:{user_id}"
+
+
+@dataclass
+class _Fed:
+    """The in-process side after feeding: states, event-triggered requests, signals."""
+
+    step: UserStep
+    states: dict[str, UserState] = field(default_factory=dict)  # users in first-seen order
+    requests: list[RankRequest] = field(default_factory=list)
+    signals: SignalsFeed | None = None
+
+
+def _feed(dataset: Dataset, catalog: Catalog, settings: Settings, n_events: int) -> _Fed:
+    """Feed the first ``n_events`` through UserStep and the item-signals step."""
+    fed = _Fed(UserStep(catalog=catalog, settings=settings))
+    signals = fed.signals = SignalsFeed(SignalsConfig.from_settings(settings))
+    for event in dataset.interactions.events(0, n_events):
+        trigger = Trigger(message=event, arrival_ts=event.ts)
+        fed.states[event.user_id], outputs = fed.step.apply(fed.states.get(event.user_id), trigger)
+        fed.requests += [o for o in outputs if isinstance(o, RankRequest)]
+        signals.add(o for o in outputs if isinstance(o, (CoVisit, Hit)))
+    signals.flush()
+    return fed
+
+
+def _rank_fed(
+    fed: _Fed, ranker: Ranker, users: Sequence[str], k: int, batch_size: int
+) -> dict[str, Ranked]:
+    """Trigger (event id or explicit request id) -> list: the fed events' requests,
+    then one explicit request per user, ranked with the fed signals."""
+    requests = list(fed.requests)
+    for user in users:
+        ask = RecommendationRequest(request_id=_explicit_id(user), user_id=user, k=k)
+        fed.states[user], outputs = fed.step.apply(fed.states.get(user), Trigger(ask, 0.0))
+        requests += [o for o in outputs if isinstance(o, RankRequest)]
+    assert fed.signals is not None
+    ranker.signals = fed.signals.table
+    lists: dict[str, Ranked] = {}
+    for start in tqdm(range(0, len(requests), batch_size), desc="in-process", unit="batch"):
+        batch = requests[start : start + batch_size]
+        for request, ranked in zip(batch, ranker.rank(batch), strict=True):
+            lists[str(request.explicit_request_id or request.trigger_event_id)] = ranked
+    return lists
+
+
 def in_process_lists(
     dataset: Dataset,
     catalog: Catalog,
@@ -109,26 +199,32 @@ def in_process_lists(
     n_events: int,
     ranker: Ranker | None = None,
     batch_size: int = 64,
+    explicit_users: Sequence[str] = (),
 ) -> dict[str, Ranked]:
-    """trigger event id -> list, for the first ``n_events`` events, computed in-process."""
+    """Trigger -> list, for the first ``n_events`` events (keyed by event id) and
+    an explicit request of each of ``explicit_users`` after them, computed in-process."""
     if ranker is None:
         from model.worker import build_ranker
 
         ranker = build_ranker(settings, catalog)
-    step = UserStep(catalog=catalog, settings=settings)
-    states: dict = {}
-    requests = []
-    for event in dataset.interactions.events(0, n_events):
-        trigger = Trigger(message=event, arrival_ts=event.ts)
-        states[event.user_id], request = step(states.get(event.user_id), trigger)
-        if request is not None:
-            requests.append(request)
-    lists: dict[str, Ranked] = {}
-    for start in tqdm(range(0, len(requests), batch_size), desc="in-process", unit="batch"):
-        batch = requests[start : start + batch_size]
-        for request, ranked in zip(batch, ranker.rank(batch), strict=True):
-            lists[str(request.trigger_event_id)] = ranked
-    return lists
+    fed = _feed(dataset, catalog, settings, n_events)
+    return _rank_fed(fed, ranker, explicit_users, settings.k, batch_size)
+
+
+def _signal_rows_applied(port: int) -> float:
+    """The worker's ``streamrec_worker_signal_rows_total`` (0 until /metrics answers)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as r:
+            text = r.read().decode("utf-8")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "streamrec_worker_signal_rows_total":
+                return float(sample.value)
+    return 0.0
 
 
 def pipeline_lists(
@@ -138,24 +234,30 @@ def pipeline_lists(
     *,
     log_dir: Path,
     idle_timeout_s: float = 120.0,
+    explicit_users: Sequence[str] = (),
+    signal_rows: int = 0,
 ) -> dict[str, Ranked]:
-    """trigger event id -> list, for the first ``n_events`` events, through Kafka.
+    """Trigger -> list through Kafka: the first ``n_events`` events' lists (keyed by
+    event id), then, once the worker has applied ``signal_rows`` item-signals rows,
+    one explicit request of each of ``explicit_users`` (keyed by request id).
 
     ``settings.brokers`` must point at a broker holding ``settings.topic_prefix``'s
     topics; the dataflow and the worker run as children for the duration.
-    Raises :class:`PipelineStalled` when no new list arrives for ``idle_timeout_s``.
+    Raises :class:`PipelineStalled` when nothing moves for ``idle_timeout_s``.
     """
     from streamrec.cli import settings_env
     from streamrec.processes import ProcessGroup, streamrec_cmd
+    from streams.broker import free_port
     from streams.kafka import TopicFollower, producer
     from streams.replay import replay
 
     topics = Topics(settings.topic_prefix)
     env = settings_env(settings)
+    port = free_port()
     lists: dict[str, Ranked] = {}
     with ProcessGroup(log_dir) as procs:
         procs.start("dataflow", streamrec_cmd("dataflow"), env)
-        procs.start("worker", streamrec_cmd("worker"), env)
+        procs.start("worker", streamrec_cmd("worker", "--metrics-port", str(port)), env)
         # The dataflow reads `events` from the beginning: producing before it is up is fine.
         replay(
             dataset,
@@ -166,36 +268,74 @@ def pipeline_lists(
             progress=False,
         )
         follower = TopicFollower(settings.brokers, [topics.recommendations])
-        last = time.monotonic()
-        try:
-            with tqdm(total=n_events, desc="through kafka", unit="list") as bar:
-                while len(lists) < n_events:
+
+        def collect(want: int, desc: str) -> None:
+            last = time.monotonic()
+            with tqdm(total=want, initial=len(lists), desc=desc, unit="list") as bar:
+                while len(lists) < want:
                     procs.check()
                     for m in follower.poll(500, 0.2):
                         rec = Recommendation.model_validate_json(m.value())
-                        if rec.trigger_event_id is None or rec.trigger_event_id in lists:
+                        key = rec.request_id or rec.trigger_event_id
+                        if key is None or key in lists:
                             continue
-                        lists[rec.trigger_event_id] = [(x.item_id, x.score) for x in rec.items]
+                        lists[key] = [(x.item_id, x.score) for x in rec.items]
                         last = time.monotonic()
                         bar.update()
                     if time.monotonic() - last > idle_timeout_s:
                         raise PipelineStalled(
-                            f"{len(lists)} of {n_events} lists after {idle_timeout_s:g} s "
+                            f"{len(lists)} of {want} lists after {idle_timeout_s:g} s "
                             f"without a new one; see the logs in {log_dir}"
                         )
+
+        try:
+            collect(n_events, "through kafka")
+            if explicit_users:
+                _wait_signal_rows(port, signal_rows, procs, idle_timeout_s, log_dir)
+                p = producer(settings.brokers)
+                for user in explicit_users:
+                    ask = RecommendationRequest(
+                        request_id=_explicit_id(user), user_id=user, k=settings.k
+                    )
+                    p.produce(
+                        topics.recommendation_requests, key=user.encode(), value=ask.to_bytes()
+                    )
+                p.flush(30)
+                collect(n_events + len(explicit_users), "explicit requests")
         finally:
             follower.close()
     return lists
 
 
+def _wait_signal_rows(
+    port: int, rows: int, procs: ProcessGroup, idle_timeout_s: float, log_dir: Path
+) -> None:
+    """Until the worker has applied ``rows`` item-signals rows (see the module docstring)."""
+    applied, last = -1.0, time.monotonic()
+    while True:
+        procs.check()
+        now_applied = _signal_rows_applied(port)
+        if now_applied >= rows:
+            return
+        if now_applied > applied:
+            applied, last = now_applied, time.monotonic()
+        elif time.monotonic() - last > idle_timeout_s:
+            raise PipelineStalled(
+                f"the worker applied {applied:.0f} of {rows} item-signals rows, none in "
+                f"{idle_timeout_s:g} s; see the logs in {log_dir}"
+            )
+        time.sleep(0.1)
+
+
 def _compare(
-    events: list[str], pipeline: dict[str, Ranked], local: dict[str, Ranked]
+    triggers: Sequence[str], pipeline: dict[str, Ranked], local: dict[str, Ranked]
 ) -> tuple[int, int, float, list[dict]]:
-    """(compared, identical, max score difference over identical lists, first mismatches)."""
+    """(compared, identical, max score difference over identical lists, first mismatches)
+    over ``triggers`` (event ids or explicit request ids)."""
     compared = identical = 0
     worst = 0.0
     mismatches: list[dict] = []
-    for event_id in events:
+    for event_id in triggers:
         if event_id not in pipeline or event_id not in local:
             continue
         compared += 1
@@ -220,43 +360,67 @@ def check_consistency(
     log_dir: Path | None = None,
     idle_timeout_s: float = 120.0,
     tolerance: float = SCORE_TOLERANCE,
+    explicit_users: int = 100,
+    batch_size: int = 64,
 ) -> ConsistencyReport:
-    """Replay the first ``n_events`` through the real pipeline and in-process; compare.
+    """Replay the first ``n_events`` through the real pipeline and in-process; compare
+    their lists, then those of explicit requests for the slice's first ``explicit_users``.
 
     With ``settings.brokers`` empty an embedded broker is started (and stopped)
     for the run, with fresh topics; otherwise the topics of
     ``settings.topic_prefix`` must exist on that broker.
     """
+    from model.worker import build_ranker
     from streams.broker import EmbeddedBroker
 
     started = time.perf_counter()
     n_events = min(n_events, len(dataset.interactions))
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="streamrec-consistency-"))
     s = settings.model_copy(update={"catalog": Path(catalog_path), "metrics_port": 0})
-    if s.brokers:
-        pipeline = pipeline_lists(
-            dataset, s, n_events, log_dir=log_dir, idle_timeout_s=idle_timeout_s
+    catalog = Catalog.load(s.catalog)
+    fed = _feed(dataset, catalog, s, n_events)
+    assert fed.signals is not None
+    users = list(fed.states)[:explicit_users]
+
+    def run(s: Settings) -> dict[str, Ranked]:
+        return pipeline_lists(
+            dataset,
+            s,
+            n_events,
+            log_dir=log_dir,
+            idle_timeout_s=idle_timeout_s,
+            explicit_users=users,
+            signal_rows=fed.signals.rows,
         )
+
+    if s.brokers:
+        pipeline = run(s)
     else:
         topics = Topics(f"consistency-{uuid.uuid4().hex[:8]}-")
         with EmbeddedBroker(partitions=s.partitions, topics=topics) as broker:
             s = s.model_copy(update={"brokers": broker.bootstrap, "topic_prefix": topics.prefix})
-            pipeline = pipeline_lists(
-                dataset, s, n_events, log_dir=log_dir, idle_timeout_s=idle_timeout_s
-            )
-    local = in_process_lists(dataset, Catalog.load(s.catalog), s, n_events)
+            pipeline = run(s)
+    ranker = build_ranker(s, catalog)
+    local = _rank_fed(fed, ranker, users, s.k, batch_size)
     events = dataset.interactions.event_id[:n_events]
     compared, identical, worst, mismatches = _compare(events, pipeline, local)
+    explicit = [_explicit_id(u) for u in users]
+    x_compared, x_identical, x_worst, x_mismatches = _compare(explicit, pipeline, local)
     return ConsistencyReport(
         events=n_events,
-        pipeline_lists=len(pipeline),
-        in_process_lists=len(local),
+        pipeline_lists=sum(1 for e in events if e in pipeline),
+        in_process_lists=sum(1 for e in events if e in local),
         compared=compared,
         identical=identical,
-        max_score_diff=worst,
+        max_score_diff=max(worst, x_worst),
         tolerance=tolerance,
         seconds=time.perf_counter() - started,
-        mismatches=mismatches,
+        mismatches=(x_mismatches + mismatches)[:5],
+        explicit=len(explicit),
+        explicit_compared=x_compared,
+        explicit_identical=x_identical,
+        signal_rows=fed.signals.rows,
+        signals_read=getattr(ranker.scorer, "signals", None) is not None,
     )
 
 

@@ -7,6 +7,10 @@ event id from the dataset) through the dataflow's
 :class:`~streams.dataflow.UserStep`; a test list is an explicit request for the
 user, built by ``UserStep.rank_request`` (retrieval included) and ranked by
 :class:`~model.ranker.Ranker` (LM scoring + the reranker), in batches.
+The item signals too: the co-visit and hit records of every fed event go
+through the dataflow's ``item-signals`` step (:class:`~streams.signals.SignalsFeed`)
+and the rows it would publish fill the table the ranker reads
+(``ranker.signals``), as the worker's follower does.
 
 The protocol decides two things the product does not know about:
 
@@ -17,7 +21,9 @@ The protocol decides two things the product does not know about:
   before the basket). Retrieved candidates outside it, and any item of the
   protocol's ``exclude`` (the history again, should the product's bounded seen
   set have forgotten some), are dropped from the request before ranking, so
-  a list can be shorter than ``k`` when few retrieved items remain. For P1
+  a list can be shorter than ``k`` when few retrieved items remain. Both also
+  go into the request's ``exclude``, which candidate sources the ranker adds
+  itself (sequence model, co-visitation, trending) skip. For P1
   build the catalog over the universe (:func:`universe_catalog`): retrieval
   then ranks exactly the protocol's candidates, as the baselines do.
 
@@ -41,6 +47,7 @@ from tqdm.auto import tqdm
 from model.evaluation.baselines import Recommender
 from model.evaluation.protocols import Events, TrainSet
 from streams.dataflow import Trigger, UserStep
+from streams.signals import CoVisit, Hit, SignalsConfig, SignalsFeed
 from streams.state import UserState
 
 if TYPE_CHECKING:
@@ -55,6 +62,7 @@ __all__ = ["StreamrecSystem", "universe_catalog"]
 
 #: Events per update below which no progress bar is shown (P2 feeds one timestamp at a time).
 _QUIET_BELOW = 10_000
+_SIGNAL_RECORDS = (CoVisit, Hit)
 
 
 def universe_catalog(
@@ -110,11 +118,15 @@ class StreamrecSystem(Recommender):
         self.progress = progress
         # Feeding: each fed event triggers a rank request, which is discarded here
         # (the protocol asks for one list per test case); retrieval reads the state
-        # and never writes it, so retrieving one candidate only saves time.
+        # and never writes it, so retrieving one candidate (and no repeats) only
+        # saves time.
         self.step = UserStep(
             catalog=catalog,
-            settings=settings.model_copy(update={"candidates": 1, "filter_seen": False}),
+            settings=settings.model_copy(
+                update={"candidates": 1, "filter_seen": False, "repeat_n": 0}
+            ),
         )
+        self._signals_cfg = SignalsConfig.from_settings(settings)
         self._ask = {
             masked: UserStep(
                 catalog=catalog, settings=settings.model_copy(update={"filter_seen": masked})
@@ -137,6 +149,8 @@ class StreamrecSystem(Recommender):
 
     def _reset(self) -> None:
         self._states: dict[str, UserState] = {}
+        self.signals = SignalsFeed(self._signals_cfg)
+        self.ranker.signals = self.signals.table
         self._taken: dict[tuple[str, str, float], int] = {}
         self._code = {item: code for code, item in enumerate(self.item_ids)}
 
@@ -147,7 +161,8 @@ class StreamrecSystem(Recommender):
         return self._rows[key][taken]
 
     def update(self, events: Events) -> None:
-        """Feed each event, as the dataset's own Event, through the dataflow's UserStep."""
+        """Feed each event, as the dataset's own Event, through the dataflow's UserStep,
+        and its signal records through the item-signals step."""
         self._fitted = None
         inter = self.dataset.interactions
         rows = zip(events.users.tolist(), events.items.tolist(), events.ts.tolist(), strict=True)
@@ -155,9 +170,11 @@ class StreamrecSystem(Recommender):
         for u, i, t in tqdm(rows, total=len(events), desc="streamrec state", disable=quiet):
             event = inter.event(self._event_row(self.user_ids[u], self.item_ids[i], t))
             state = self._states.get(event.user_id)
-            self._states[event.user_id], _ = self.step(
+            self._states[event.user_id], outputs = self.step.apply(
                 state, Trigger(message=event, arrival_ts=event.ts)
             )
+            self.signals.add(o for o in outputs if isinstance(o, _SIGNAL_RECORDS))
+        self.signals.flush()
 
     def state(self, user_id: str) -> UserState:
         """The user's state (a fresh, cold one for a user never fed)."""
@@ -177,6 +194,7 @@ class StreamrecSystem(Recommender):
         """
         universe = np.ones(self.n_items, dtype=bool) if candidates is None else candidates
         step = self._ask[exclude is not None]
+        outside = [self.item_ids[c] for c in np.flatnonzero(~universe).tolist()]
         out = []
         for row, user in enumerate(np.asarray(users).tolist()):
             allowed = universe.copy()
@@ -195,7 +213,13 @@ class StreamrecSystem(Recommender):
             )
             code = self._code
             keep = [c for c in request.candidates if c.item_id in code and allowed[code[c.item_id]]]
-            out.append(request.model_copy(update={"candidates": keep}))
+            masked = (
+                []
+                if exclude is None
+                else [self.item_ids[c] for c in np.asarray(exclude[row]).tolist()]
+            )
+            drop = list(dict.fromkeys([*request.exclude, *masked, *outside]))
+            out.append(request.model_copy(update={"candidates": keep, "exclude": drop}))
         return out
 
     def codes(self, ranked: Sequence[tuple[str, float]]) -> np.ndarray:
