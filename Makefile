@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean prometheus
+.PHONY: demo test lint clean prometheus recbole-env
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,25 @@ prometheus:
 	    invoke-rc.d prometheus stop >/dev/null 2>&1 || true; \
 	    update-rc.d prometheus disable >/dev/null 2>&1 || true; \
 	  fi )
+
+# Optional: RecBole's GRU4Rec and SASRec as peers (benchmarks/recbole_peers.py) in an
+# environment of their own, so recbole's pins never touch .venv. Torch is pinned for
+# the same reason as above. streamrec goes in last and without its dependencies: the
+# script needs only its loaders, protocols and metrics (numpy, pydantic, tqdm). The
+# '*' .gitignore keeps the environment out of git.
+RECBOLE_VENV  := .venv-recbole
+RECBOLE_STAMP := $(RECBOLE_VENV)/.installed
+
+$(RECBOLE_STAMP): pyproject.toml
+	test -x $(RECBOLE_VENV)/bin/python || $(PYTHON) -m venv $(RECBOLE_VENV)
+	echo '*' > $(RECBOLE_VENV)/.gitignore
+	$(RECBOLE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RECBOLE_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(RECBOLE_VENV)/bin/python -m pip install -q torch==2.13.0 recbole==1.2.1 pydantic tqdm
+	$(RECBOLE_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(RECBOLE_STAMP)
+
+recbole-env: $(RECBOLE_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streams model streamrec tests benchmarks
