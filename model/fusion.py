@@ -36,7 +36,7 @@ import numpy as np
 from model.scoring import Scored, Scorer, TwoTowerScorer
 from model.sequence import SequenceModel
 from streams.catalog import Catalog
-from streams.contracts import Candidate, RankRequest
+from streams.contracts import RankRequest
 
 __all__ = ["FEATURES", "FusionScorer", "fit_weights", "load_weights", "DEFAULT_WEIGHTS"]
 
@@ -111,41 +111,34 @@ class FusionScorer(Scorer):
     # --- candidates -------------------------------------------------------
 
     def _merge(
-        self, request: RankRequest, seq_top: Sequence[tuple[str, float]], now: float
-    ) -> list[Candidate]:
-        """Request candidates + seq + covis/trending, one per item, features merged."""
+        self, request: RankRequest, seq_top: Sequence[str], now: float
+    ) -> dict[str, dict[str, float]]:
+        """Request candidates + seq + covis/trending: item -> merged features, in
+        first-found order. Plain dicts, not Candidate objects: a few hundred
+        candidates per request make pydantic copies the slowest part of ranking."""
         exclude = set(request.exclude)
-        merged: dict[str, Candidate] = {c.item_id: c for c in request.candidates}
-
-        def add(c: Candidate) -> None:
-            if c.item_id in exclude or c.item_id not in self.catalog.row:
-                return
-            old = merged.get(c.item_id)
-            if old is None:
-                merged[c.item_id] = c
-            else:
-                source = (
-                    old.source if c.source in old.source.split("+") else f"{old.source}+{c.source}"
-                )
-                merged[c.item_id] = old.model_copy(
-                    update={"source": source, "features": {**c.features, **old.features}}
-                )
-
-        for item, score in seq_top:
-            add(Candidate(item_id=item, score=score, source="seq"))
+        known = self.catalog.row
+        merged: dict[str, dict[str, float]] = {}
+        for c in request.candidates:
+            if c.item_id in known:
+                merged[c.item_id] = dict(c.features)
+        for item in seq_top:
+            if item not in exclude and item not in merged:
+                merged[item] = {}
         if self.signals is not None and (self.covis_candidates or self.trending_candidates):
             for c in self.signals.candidates(
                 list(request.recent_items), now, self.covis_candidates, self.trending_candidates
             ):
-                add(c)
-        return list(merged.values())
+                if c.item_id not in exclude and c.item_id in known:
+                    merged[c.item_id] = {**c.features, **merged.get(c.item_id, {})}
+        return merged
 
     # --- features ---------------------------------------------------------
 
     def _features(
         self,
         request: RankRequest,
-        candidates: list[Candidate],
+        merged: dict[str, dict[str, float]],
         rows: np.ndarray,
         lm_scores: np.ndarray | None,
         log_probs: np.ndarray | None,
@@ -165,20 +158,21 @@ class FusionScorer(Scorer):
             x[:, col["seq"]] = _SEQ_FLOOR
         if lm_scores is not None:
             x[:, col["lm"]] = lm_scores
+        items = list(merged)
         last = request.sequence[-1] if request.sequence else None
         signal_feats = (
-            self.signals.features([c.item_id for c in candidates], list(request.recent_items), now)
+            self.signals.features(items, list(request.recent_items), now)
             if self.signals is not None
-            else [{} for _ in candidates]
+            else [{} for _ in items]
         )
-        for j, (c, extra) in enumerate(zip(candidates, signal_feats, strict=True)):
-            f = {**extra, **c.features}
+        for j, (item, extra) in enumerate(zip(items, signal_feats, strict=True)):
+            f = {**extra, **merged[item]}
             count = f.get("repeat_count", 0.0)
             if count > 0:
                 x[j, col["repeat"]] = 1.0
                 x[j, col["repeat_count"]] = math.log1p(count)
                 x[j, col["repeat_recency"]] = 1.0 / (1.0 + f.get("repeat_age_s", 0.0) / _DAY_S)
-            x[j, col["last_item"]] = float(c.item_id == last)
+            x[j, col["last_item"]] = float(item == last)
             x[j, col["covis"]] = math.log1p(max(f.get("covis", 0.0), 0.0))
             x[j, col["trend"]] = math.log1p(max(f.get("trend", 0.0), 0.0))
             x[j, col["popularity"]] = math.log1p(max(f.get("popularity", 0.0), 0.0))
@@ -191,41 +185,23 @@ class FusionScorer(Scorer):
             log_probs = self.sequence.log_probs(
                 [r.sequence for r in requests], [r.sequence_ts for r in requests]
             )
-        merged: list[list[Candidate]] = []
+        queries = self.lm.queries(requests) if self.lm is not None else [None] * len(requests)
+        out = []
         for i, r in enumerate(requests):
             now = r.sequence_ts[-1] if r.sequence_ts else r.arrival_ts
-            seq_top: list[tuple[str, float]] = []
-            if log_probs is not None and self.seq_candidates:
-                lp = log_probs[i]
-                top = np.argsort(-lp, kind="stable")[: self.seq_candidates + len(r.exclude)]
+            seq_top: list[str] = []
+            lp = None if log_probs is None else log_probs[i]
+            if lp is not None and self.seq_candidates:
+                want = self.seq_candidates + len(r.exclude)
+                top = np.argpartition(-lp, min(want, len(lp) - 1))[:want]
+                top = top[np.argsort(-lp[top], kind="stable")]
                 seq_top = [
-                    (self.sequence.item_ids[t], round(float(lp[t]), 6))
-                    for t in top.tolist()
-                    if self._seq_rows[t] >= 0
+                    self.sequence.item_ids[t] for t in top.tolist() if self._seq_rows[t] >= 0
                 ]
-            merged.append(self._merge(r, seq_top, now))
-        widened = [
-            r.model_copy(update={"candidates": c}) for r, c in zip(requests, merged, strict=True)
-        ]
-        lm = self.lm.score(widened) if self.lm is not None else None
-        out = []
-        for i, r in enumerate(widened):
-            cands = [c for c in r.candidates if c.item_id in self.catalog.row]
-            rows = np.array([self.catalog.row[c.item_id] for c in cands], dtype=np.int64)
-            lm_scores = None
-            if lm is not None:
-                lm_rows, lm_vals = lm[i]
-                assert np.array_equal(lm_rows, rows), "LM scorer dropped a candidate"
-                lm_scores = lm_vals
-            now = r.sequence_ts[-1] if r.sequence_ts else r.arrival_ts
-            out.append(
-                (
-                    rows,
-                    self._features(
-                        r, cands, rows, lm_scores, None if log_probs is None else log_probs[i], now
-                    ),
-                )
-            )
+            merged = self._merge(r, seq_top, now)
+            rows = np.fromiter((self.catalog.row[i] for i in merged), np.int64, len(merged))
+            lm_scores = None if self.lm is None else self.lm.score_rows(r, rows, queries[i])
+            out.append((rows, self._features(r, merged, rows, lm_scores, lp, now)))
         return out
 
     def score(self, requests: Sequence[RankRequest]) -> list[Scored]:

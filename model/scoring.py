@@ -69,20 +69,28 @@ class TwoTowerScorer(Scorer):
         row = self.catalog.row.get(item_id)
         return None if row is None else self.catalog.titles[row]
 
-    def score(self, requests: Sequence[RankRequest]) -> list[Scored]:
+    def queries(self, requests: Sequence[RankRequest]) -> list[np.ndarray | None]:
+        """The LM query vector of each request (None: no titles, or blend 0), one
+        forward pass for the batch."""
         # blend 0 = streamed embedding only: skip the LM forward pass entirely.
         texts = [self.history_text(r.recent_items) if self.blend > 0 else None for r in requests]
         todo = [i for i, t in enumerate(texts) if t is not None]
-        queries: dict[int, np.ndarray] = {}
+        out: list[np.ndarray | None] = [None] * len(requests)
         if todo:
-            encoded = self.encoder.encode([texts[i] for i in todo])
-            queries = dict(zip(todo, encoded, strict=True))
-        return [self._score_one(r, queries.get(i)) for i, r in enumerate(requests)]
+            for i, vec in zip(todo, self.encoder.encode([texts[i] for i in todo]), strict=True):
+                out[i] = vec
+        return out
 
-    def _score_one(self, request: RankRequest, query: np.ndarray | None) -> Scored:
-        pairs = [(self.catalog.row.get(c.item_id), c.score) for c in request.candidates]
-        rows = np.array([r for r, _ in pairs if r is not None], dtype=np.int64)
-        retrieval = np.array([s for r, s in pairs if r is not None], dtype=np.float32)
+    def score(self, requests: Sequence[RankRequest]) -> list[Scored]:
+        return [
+            self._score_one(r, q) for r, q in zip(requests, self.queries(requests), strict=True)
+        ]
+
+    def score_rows(
+        self, request: RankRequest, rows: np.ndarray, query: np.ndarray | None
+    ) -> np.ndarray | None:
+        """The blended LM score of catalog ``rows`` for the request (None: the user
+        has neither an LM query nor a streamed embedding)."""
         vectors = self.catalog.vectors[rows]
         parts: list[tuple[float, np.ndarray]] = []
         if query is not None:
@@ -90,9 +98,16 @@ class TwoTowerScorer(Scorer):
         if request.user_vector is not None:
             parts.append((1.0 - self.blend, vectors @ np.asarray(request.user_vector, np.float32)))
         if not parts:
-            return rows, retrieval
+            return None
         total = sum(w for w, _ in parts)
         if total == 0:  # only the side the blend gives no weight exists: use it alone
             parts, total = [(1.0, s) for _, s in parts], float(len(parts))
-        scores = sum(w * s for w, s in parts) / total
-        return rows, scores.astype(np.float32)
+        return (sum(w * s for w, s in parts) / total).astype(np.float32)
+
+    def _score_one(self, request: RankRequest, query: np.ndarray | None) -> Scored:
+        pairs = [(self.catalog.row.get(c.item_id), c.score) for c in request.candidates]
+        rows = np.array([r for r, _ in pairs if r is not None], dtype=np.int64)
+        scores = self.score_rows(request, rows, query)
+        if scores is None:
+            return rows, np.array([s for r, s in pairs if r is not None], dtype=np.float32)
+        return rows, scores
