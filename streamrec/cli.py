@@ -47,6 +47,10 @@ Artifact = Annotated[
     Path | None, _opt("artifact", "Model artifact or HF model folder (default: pretrained)")
 ]
 CacheDir = Annotated[Path, _opt("cache-dir", "Where item vectors and indexes are cached")]
+SequenceModelDir = Annotated[
+    Path | None,
+    _opt("sequence-model", "Sequence model folder or its `current` link (`finetune-seq`): fusion"),
+]
 CatalogDir = Annotated[Path | None, _opt("catalog", "A built catalog folder (see `index`)")]
 MetricsPort = Annotated[int, _opt("metrics-port", "Prometheus /metrics port (0 = off)")]
 Partitions = Annotated[int, _opt("partitions", "Partitions per topic when creating topics")]
@@ -230,6 +234,7 @@ def worker(
         float,
         _opt("reload-interval-s", "Seconds between checks of --artifact for a new version"),
     ] = _d("reload_interval_s"),
+    sequence_model: SequenceModelDir = None,
 ) -> None:
     """Run the inference worker: rank-requests -> recommendations.
 
@@ -255,6 +260,7 @@ def worker(
         cross_encoder=cross_encoder,
         cross_top_n=cross_top_n,
         reload_interval_s=reload_interval_s,
+        sequence_model=sequence_model,
     )
     w = Worker(s)
     w.install_signal_handlers()
@@ -275,6 +281,7 @@ def demo(
     experiments: Annotated[
         Path | None, _opt("experiments", "Experiments file (arms, bandit, A/B tests)")
     ] = None,
+    sequence_model: SequenceModelDir = None,
 ) -> None:
     """Everything embedded: broker, dataflow, worker, replay, live progress, report."""
     from streamrec.demo import run_demo
@@ -282,6 +289,7 @@ def demo(
     s = _settings(
         data=data,
         artifact=artifact,
+        sequence_model=sequence_model,
         partitions=partitions,
         cache_dir=cache_dir,
         metrics_port=metrics_port,
@@ -428,6 +436,7 @@ def evaluate(
     ] = False,
     slice_events: Annotated[int, _opt("slice", "Events replayed by --through-kafka")] = 2000,
     artifact: Artifact = None,
+    sequence_model: SequenceModelDir = None,
     cache_dir: CacheDir = _d("cache_dir"),
     device: Device = _d("device"),
 ) -> None:
@@ -444,7 +453,14 @@ def evaluate(
         raise click.UsageError(f"--mask must be one of {', '.join(MASKS)}")
     if sweep and protocol != "leave-last-out":
         raise click.UsageError("--sweep runs on --protocol leave-last-out")
-    s = _settings(data=data, artifact=artifact, cache_dir=cache_dir, device=device, k=k)
+    s = _settings(
+        data=data,
+        artifact=artifact,
+        sequence_model=sequence_model,
+        cache_dir=cache_dir,
+        device=device,
+        k=k,
+    )
     if through_kafka:
         report = run_through_kafka(s, slice_events, out)
         if not report.ok:
