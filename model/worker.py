@@ -91,16 +91,37 @@ def build_ranker(
     ``settings.mmr_lambda``. ``settings.quantize`` picks the int8 CPU path;
     ``settings.cross_encoder`` adds the cross-encoder over the top candidates.
     Lists carry the encoder's name: the artifact's version when it is one.
+
+    ``settings.sequence_model`` switches to the fusion ranker
+    (:class:`model.fusion.FusionScorer`): the sequence model's candidates and
+    scores fused with the LM score and the streamed signals, with the model
+    folder's ``fusion.json`` weights; the version becomes ``<lm>+seq:<version>``.
     """
     if encoder is None:
         encoder = Encoder(settings.artifact, device=settings.device, quantize=settings.quantize)
     scorer: Scorer = TwoTowerScorer(encoder, catalog, settings.lm_blend, settings.history_items)
+    version = encoder.name
+    if settings.sequence_model is not None:
+        from model.fusion import FusionScorer, load_weights
+        from model.sequence import SequenceModel
+
+        sequence = SequenceModel(settings.sequence_model, device=settings.device)
+        scorer = FusionScorer(
+            catalog,
+            scorer,
+            sequence,
+            load_weights(sequence.path / "fusion.json"),
+            settings.seq_candidates,
+            settings.covis_candidates,
+            settings.trending_candidates,
+        )
+        version = f"{encoder.name}+seq:{sequence.version}"
     if settings.cross_encoder is not None:
         from model.crossencoder import CrossEncoder, CrossEncoderScorer
 
         cross = CrossEncoder(settings.cross_encoder, device=settings.device)
         scorer = CrossEncoderScorer(scorer, cross, settings.cross_top_n)
-    return Ranker(scorer, MMR(), catalog, settings.mmr_lambda, encoder.name, book)
+    return Ranker(scorer, MMR(), catalog, settings.mmr_lambda, version, book)
 
 
 def load_ranker(settings: Settings, book: PolicyBook | None = None) -> Ranker:
