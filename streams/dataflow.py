@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Dataflow
 
@@ -224,7 +225,9 @@ class UserStep:
             candidates=candidates(
                 state, self.catalog, m or s.candidates, s.filter_seen, s.repeat_n
             ),
-            user_vector=None if vector is None else [round(float(x), 6) for x in vector],
+            # numpy rounds to the same doubles as round(x, 6), save exact half-way
+            # ties, and is many times faster than a float-by-float comprehension.
+            user_vector=None if vector is None else np.round(vector.astype(np.float64), 6).tolist(),
             recent_items=state.recent_items()[: s.history_items],
             sequence=[item for item, _ in state.sequence],
             sequence_ts=[ts for _, ts in state.sequence],
