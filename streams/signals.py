@@ -94,7 +94,7 @@ class Hit:
 
 
 def records(
-    sequence: Iterable[tuple[str, float]], item_id: str, ts: float, window: int
+    sequence: Sequence[tuple[str, float]], item_id: str, ts: float, window: int
 ) -> list[CoVisit | Hit]:
     """The signal records of one event on ``item_id`` at ``ts``.
 
