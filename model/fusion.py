@@ -102,11 +102,19 @@ class FusionScorer(Scorer):
             self._seq_index[self._seq_rows[known]] = np.flatnonzero(known)
 
     def set_weights(self, weights: dict) -> None:
-        """Swap the linear weights (a published ``fusion-weights`` value)."""
+        """Swap the linear weights (a published ``fusion-weights`` value).
+
+        One attribute assignment, so a batch ranked while the worker's follower
+        thread swaps sees the old weights or the new ones, never a mix.
+        """
         w = weights.get("weights", {})
-        self.weights = {"bias": float(weights.get("bias", 0.0)), "weights": dict(w)}
-        self._w = np.array([float(w.get(f, 0.0)) for f in FEATURES], dtype=np.float32)
-        self._bias = float(weights.get("bias", 0.0))
+        bias = float(weights.get("bias", 0.0))
+        vector = np.array([float(w.get(f, 0.0)) for f in FEATURES], dtype=np.float32)
+        self._linear = (vector, bias, {"bias": bias, "weights": dict(w)})
+
+    @property
+    def weights(self) -> dict:
+        return self._linear[2]
 
     # --- candidates -------------------------------------------------------
 
@@ -205,13 +213,15 @@ class FusionScorer(Scorer):
         return out
 
     def score(self, requests: Sequence[RankRequest]) -> list[Scored]:
-        return [(rows, x @ self._w + self._bias) for rows, x in self.featurize(requests)]
+        w, bias, _ = self._linear
+        return [(rows, x @ w + bias) for rows, x in self.featurize(requests)]
 
     def score_with_features(
         self, requests: Sequence[RankRequest]
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Like :meth:`score`, plus each candidate's feature row (for ``RankedItem.features``)."""
-        return [(rows, x @ self._w + self._bias, x) for rows, x in self.featurize(requests)]
+        w, bias, _ = self._linear
+        return [(rows, x @ w + bias, x) for rows, x in self.featurize(requests)]
 
 
 def fit_weights(
