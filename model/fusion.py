@@ -63,10 +63,13 @@ DEFAULT_WEIGHTS: dict = {"bias": 0.0, "weights": {"seq": 1.0, "repeat_count": 0.
 
 
 def load_weights(path: Path | None) -> dict:
-    """Weights JSON ({"bias": b, "weights": {name: w}}) from ``path`` or the defaults."""
+    """Weights JSON ({"bias": b, "weights": {name: w}}) from ``path``, or the
+    defaults when there is no file (a sequence model trained without a fusion fit)."""
+    from streams.fusion import load_weights as read
+
     if path is None or not Path(path).is_file():
         return json.loads(json.dumps(DEFAULT_WEIGHTS))
-    return json.loads(Path(path).read_text())
+    return read(path)
 
 
 class FusionScorer(Scorer):

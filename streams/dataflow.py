@@ -342,6 +342,18 @@ def _to_sink(topics: Topics, item: object) -> KafkaSinkMessage:
     )
 
 
+def fusion_start(s: Settings) -> dict | None:
+    """The fusion learner's warm start: ``fusion_warm_start``, else the sequence
+    model's own ``fusion.json`` (the weights the worker starts from: learning
+    from zero would publish near-zero weights on the first update)."""
+    path = s.fusion_warm_start
+    if path is None and s.sequence_model is not None:
+        path = s.sequence_model / "fusion.json"
+        if not path.is_file():
+            return None
+    return None if path is None else load_weights(path)
+
+
 def build_flow(settings: Settings | None = None) -> Dataflow:
     """Build the dataflow from ``settings`` (default: the environment)."""
     s = settings if settings is not None else Settings()
@@ -387,17 +399,13 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     )
     # One key is enough for the fusion learner: its model is a few dozen floats
     # and an SGD step costs microseconds, far below the rate lists close at.
+    examples = op.flat_map(
+        "fusion-examples", rewards.trues, lambda r: r.examples if s.fusion_online else []
+    )
     fusion = op.stateful_map(
         "fusion",
-        op.key_on(
-            "by-fusion-key",
-            op.flat_map("fusion-examples", rewards.trues, lambda r: r.examples),
-            lambda _: "global",
-        ),
-        FusionStep(
-            None if s.fusion_warm_start is None else load_weights(s.fusion_warm_start),
-            _FUSION_PUBLISH_EVERY,
-        ),
+        op.key_on("by-fusion-key", examples, lambda _: "global"),
+        FusionStep(fusion_start(s), _FUSION_PUBLISH_EVERY, s.fusion_lr),
     )
     bandit_step = BanditStep(policy)
     learn = op.filter(

@@ -119,7 +119,17 @@ class Settings(BaseSettings):
         100, ge=0, description="the sequence model's top items added as candidates"
     )
     fusion_warm_start: Path | None = Field(
-        None, description="JSON weights the fusion learner starts from"
+        None,
+        description="JSON weights the fusion learner starts from; None = the sequence "
+        "model's fusion.json",
+    )
+    fusion_online: bool = Field(
+        True,
+        description="the dataflow learns the fusion weights from attributed outcomes and "
+        "the worker follows them; off = the warm start stays",
+    )
+    fusion_lr: float = Field(
+        0.001, gt=0, description="SGD step of the online fusion learner (features are O(1-20))"
     )
 
     # --- observability ---

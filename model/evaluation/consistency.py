@@ -376,7 +376,13 @@ def check_consistency(
     started = time.perf_counter()
     n_events = min(n_events, len(dataset.interactions))
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="streamrec-consistency-"))
-    s = settings.model_copy(update={"catalog": Path(catalog_path), "metrics_port": 0})
+    # The online fusion learner would move the worker's weights while the slice
+    # plays, and the in-process side ranks with the warm start: the check is
+    # about the ranking path, so the learner stays off here (tests/test_fusion_learning.py
+    # covers it on the real broker).
+    s = settings.model_copy(
+        update={"catalog": Path(catalog_path), "metrics_port": 0, "fusion_online": False}
+    )
     catalog = Catalog.load(s.catalog)
     fed = _feed(dataset, catalog, s, n_events)
     assert fed.signals is not None
