@@ -287,7 +287,7 @@ def _train(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            step, total, n_loss = step + 1, total + float(loss), n_loss + 1
+            step, total, n_loss = step + 1, total + loss.item(), n_loss + 1
             out_of_time = perf_counter() > deadline
             end_of_epoch = first + args.batch_size >= len(order)
             if not (end_of_epoch or out_of_time or step % args.eval_steps == 0):
