@@ -131,9 +131,12 @@ class SeqRec(nn.Module):
         """(n_items, dim): every item's representation (input and output side)."""
         return self.content(self.lm) + self.ids.weight[1:]
 
-    def forward(self, tokens: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        """Hidden state per position, (B, L, dim); ``tokens`` are left-padded with 0."""
-        table = self.item_table()
+    def forward(
+        self, tokens: torch.Tensor, gaps: torch.Tensor, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Hidden state per position, (B, L, dim); ``tokens`` are left-padded with 0.
+        ``table``: the item table when the caller has it (serving caches it)."""
+        table = self.item_table() if table is None else table
         padded = torch.cat([table.new_zeros(1, table.shape[1]), table])
         length = tokens.shape[1]
         pos = torch.arange(length, device=tokens.device)
@@ -150,9 +153,11 @@ class SeqRec(nn.Module):
         mask = mask.repeat_interleave(self.cfg.heads, dim=0)
         return self.norm(self.blocks(x, mask=mask))
 
-    def user(self, tokens: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    def user(
+        self, tokens: torch.Tensor, gaps: torch.Tensor, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, dim): the state after each sequence's last (right-most) item."""
-        return self.forward(tokens, gaps)[:, -1]
+        return self.forward(tokens, gaps, table)[:, -1]
 
 
 def _window(items: np.ndarray, ts: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -340,7 +345,7 @@ class SequenceModel:
         tokens = torch.as_tensor(np.stack([w[0] for w in windows]), device=self.device)
         gaps = torch.as_tensor(np.stack([w[1] for w in windows]), device=self.device)
         with _autocast(self.device):
-            logits = (self.model.user(tokens, gaps) @ self._table.T).float()
+            logits = (self.model.user(tokens, gaps, self._table) @ self._table.T).float()
         return torch.log_softmax(logits, dim=1).cpu().numpy()
 
 

@@ -241,6 +241,7 @@ def worker(
     With --artifact pointing at a fine-tuned artifact's `current` link, a new
     version is loaded and swapped in between batches (also on SIGHUP).
     """
+    _passive_omp()
     import logging
 
     from model.worker import Worker
@@ -284,6 +285,7 @@ def demo(
     sequence_model: SequenceModelDir = None,
 ) -> None:
     """Everything embedded: broker, dataflow, worker, replay, live progress, report."""
+    _passive_omp()  # inherited by the dataflow and worker children
     from streamrec.demo import run_demo
 
     s = _settings(
@@ -441,6 +443,7 @@ def evaluate(
     device: Device = _d("device"),
 ) -> None:
     """Quality tables (EVALUATION.md) for the baselines and streamrec itself."""
+    _passive_omp()
     from streamrec.evaluate import MASKS, METHODS, PROTOCOLS, run_evaluate, run_through_kafka
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
