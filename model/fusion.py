@@ -228,42 +228,51 @@ class FusionScorer(Scorer):
 
 
 def fit_weights(
-    groups: Sequence[tuple[np.ndarray, int]],
+    groups: Sequence[tuple[np.ndarray, int | Sequence[int]]],
     l2: float = 1e-3,
     epochs: int = 200,
     seed: int = 13,
 ) -> dict:
-    """Listwise warm start: softmax over each group's candidates, the target's row wins.
+    """Listwise warm start: softmax over each group's candidates, the targets win.
 
-    ``groups``: (feature matrix of one request's candidates, index of the
-    target row, or -1 when the target was not among the candidates: skipped).
-    Full-batch L-BFGS on the mean negative log-likelihood + ``l2`` * |w|^2.
+    ``groups``: (feature matrix of one request's candidates, the target row or
+    rows: one index for a next item, several for a basket; -1 or none found =
+    the group is skipped). The loss is -log of the softmax mass on the
+    targets (for one target, plain cross-entropy), averaged over groups, plus
+    ``l2`` * |w|^2; full-batch L-BFGS.
     """
     import torch
 
     torch.manual_seed(seed)
-    usable = [(x, t) for x, t in groups if t >= 0 and len(x) > 1]
+    usable = []
+    for x, t in groups:
+        rows = [int(r) for r in np.atleast_1d(np.asarray(t)) if r >= 0]
+        if rows and len(x) > 1:
+            usable.append((x, rows))
     if not usable:
         return json.loads(json.dumps(DEFAULT_WEIGHTS))
     width = max(len(x) for x, _ in usable)
     feats = np.zeros((len(usable), width, len(FEATURES)), dtype=np.float32)
     valid = np.zeros((len(usable), width), dtype=bool)
-    for g, (x, _) in enumerate(usable):
+    positive = np.zeros((len(usable), width), dtype=bool)
+    for g, (x, rows) in enumerate(usable):
         feats[g, : len(x)] = x
         valid[g, : len(x)] = True
+        positive[g, rows] = True
     # Standardise for the optimiser, then fold the scaling back into the weights.
     mean = feats[valid].mean(0)
     std = feats[valid].std(0) + 1e-6
     xs = torch.as_tensor((feats - mean) / std) * torch.as_tensor(valid)[..., None]
     mask = torch.as_tensor(valid)
-    target = torch.as_tensor([t for _, t in usable])
+    pos = torch.as_tensor(positive)
     w = torch.zeros(len(FEATURES), requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=epochs, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        logits = (xs @ w).masked_fill(~mask, float("-inf"))
-        loss = torch.nn.functional.cross_entropy(logits, target) + l2 * (w * w).sum()
+        logp = torch.log_softmax((xs @ w).masked_fill(~mask, float("-inf")), dim=1)
+        on_targets = torch.logsumexp(logp.masked_fill(~pos, float("-inf")), dim=1)
+        loss = -on_targets.mean() + l2 * (w * w).sum()
         loss.backward()
         return loss
 

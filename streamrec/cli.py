@@ -555,6 +555,14 @@ def finetune_seq(
         Path | None,
         _opt("trained", "A sequence-model folder already trained: only fit the fusion, publish"),
     ] = None,
+    baskets_from: Annotated[
+        str | None,
+        _opt(
+            "baskets-from",
+            "Fit the fusion for next-basket lists on the prequential baskets from this "
+            "date to --until (online-retail), instead of the next item",
+        ),
+    ] = None,
     device: Device = _d("device"),
 ) -> None:
     """Train the sequence model on the LM's item vectors and warm-start the fusion ranker."""
@@ -582,6 +590,7 @@ def finetune_seq(
         until=until,
         fusion_users=fusion_users,
         trained=trained,
+        baskets_from=baskets_from,
     )
     meta = json.loads((path / "config.json").read_text())
     first, best = meta["history"][0], meta["history"][-1]
