@@ -37,7 +37,25 @@ __all__ = ["TRADE_OFFS", "sweep_p1", "qualifying", "best_within", "write_sweep"]
 #: Trade-offs swept for every reranker but ``relevance`` (1 = the relevance order).
 #: Finer below 0.4: with the fusion ranker's log-probability scale that is where
 #: the accuracy/diversity frontier bends.
-TRADE_OFFS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1)
+TRADE_OFFS = (
+    1.0,
+    0.9,
+    0.8,
+    0.7,
+    0.6,
+    0.5,
+    0.45,
+    0.4,
+    0.375,
+    0.35,
+    0.325,
+    0.3,
+    0.275,
+    0.25,
+    0.225,
+    0.2,
+    0.1,
+)
 
 
 class _Replayed(Scorer):
