@@ -106,9 +106,13 @@ def build_ranker(
         from model.sequence import SequenceModel
 
         sequence = SequenceModel(settings.sequence_model, device=settings.device)
+        # The sequence model reads the order the title query cannot: with it, the
+        # query adds nothing measurable (P1 NDCG@10 .2454 with it, .2452 without)
+        # and costs most of the latency (demo p99 1,622 ms against 612 ms).
+        lm = TwoTowerScorer(encoder, catalog, settings.fusion_lm_blend, settings.history_items)
         scorer = FusionScorer(
             catalog,
-            scorer,
+            lm,
             sequence,
             load_weights(sequence.path / "fusion.json"),
             settings.seq_candidates,

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     seq_candidates: int = Field(
         100, ge=0, description="the sequence model's top items added as candidates"
     )
+    fusion_lm_blend: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="the fusion ranker's `lm` feature: weight of the LM title query against "
+        "the streamed embedding; 0 = no LM forward pass per request",
+    )
     fusion_warm_start: Path | None = Field(
         None,
         description="JSON weights the fusion learner starts from; None = the sequence "
