@@ -1,0 +1,124 @@
+"""GPU path check: the sequence model and the LM encoder on CUDA against the CPU.
+
+Needs no dataset (synthetic sequences of the online-retail size: 3,185 items,
+4,095 users, about 95 items each; real MiniLM on generated titles), so it
+runs on a lent GPU machine from the repository alone:
+
+    python benchmarks/gpu_check.py [--epochs 2]
+
+Prints, per device: sequence-model training windows/s (full softmax, AMP
+bf16 on CUDA), serving latency of one 64-request batch, and LM encodes/s;
+then the CUDA/CPU ratios (each measured in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from model.encoder import Encoder
+from model.sequence import SeqConfig, SeqRec, TrainingData, _epoch_batches, _window
+
+
+def _data(n_items: int, users: int, length: int, seed: int = 0) -> TrainingData:
+    rng = np.random.default_rng(seed)
+    seqs, times = [], []
+    for _ in range(users):
+        n = int(rng.integers(length // 2, length * 2))
+        seqs.append(rng.integers(0, n_items, n))
+        times.append(np.cumsum(rng.exponential(3600.0, n)))
+    return TrainingData(seqs, times)
+
+
+def _train_rate(device: str, data: TrainingData, vectors: np.ndarray, batches: int) -> float:
+    cfg = SeqConfig(device=device)
+    model = SeqRec(vectors, cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    plan = _epoch_batches(data, cfg, np.random.default_rng(0))[: batches + 1]
+    dev = torch.device(device)
+    seen, started = 0, None
+    for i, (tokens, gaps, targets) in enumerate(plan):
+        if i == 1:  # the first batch warms up kernels and allocators
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        t, g, y = (torch.as_tensor(a, device=dev) for a in (tokens, gaps, targets))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(t, g) @ model.item_table().T
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 1:
+            seen += len(tokens)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - started)
+
+
+@torch.no_grad()
+def _serve_ms(device: str, data: TrainingData, vectors: np.ndarray, reps: int = 20) -> float:
+    cfg = SeqConfig(device=device)
+    model = SeqRec(vectors, cfg).to(device).eval()
+    table = model.item_table()
+    win = [
+        _window(s, t, cfg.max_len)
+        for s, t in zip(data.sequences[:64], data.times[:64], strict=True)
+    ]
+    tokens = torch.as_tensor(np.stack([w[0] for w in win]), device=device)
+    gaps = torch.as_tensor(np.stack([w[1] for w in win]), device=device)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        scores = torch.log_softmax(model.user(tokens, gaps, table) @ table.T, 1).cpu()
+        times.append(time.perf_counter() - start)
+    assert scores.shape == (64, len(vectors))
+    return float(np.median(times[2:]) * 1000)
+
+
+def _encode_rate(device: str, n: int = 1024) -> float:
+    enc = Encoder(device=device)
+    texts = [f"VINTAGE RED RETROSPOT MUG {i} ; JUMBO BAG PINK {i % 97}" for i in range(n)]
+    enc.encode(texts[:64])
+    start = time.perf_counter()
+    enc.encode(texts)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batches", type=int, default=40, help="training batches timed per device")
+    args = p.parse_args()
+    vectors = np.random.default_rng(1).normal(size=(3185, 384)).astype(np.float32)
+    data = _data(3185, 4095, 95)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    report: dict = {"torch": torch.__version__}
+    if torch.cuda.is_available():
+        report["gpu"] = torch.cuda.get_device_name(0)
+    for d in devices:
+        report[d] = {
+            "train_windows_per_s": round(_train_rate(d, data, vectors, args.batches), 1),
+            "serve_batch64_ms": round(_serve_ms(d, data, vectors), 2),
+            "lm_encodes_per_s": round(_encode_rate(d), 1),
+        }
+    if "cuda" in report:
+        report["cuda_over_cpu"] = {
+            "train": round(
+                report["cuda"]["train_windows_per_s"] / report["cpu"]["train_windows_per_s"], 1
+            ),
+            "serve": round(
+                report["cpu"]["serve_batch64_ms"] / report["cuda"]["serve_batch64_ms"], 1
+            ),
+            "encode": round(
+                report["cuda"]["lm_encodes_per_s"] / report["cpu"]["lm_encodes_per_s"], 1
+            ),
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
