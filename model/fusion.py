@@ -37,6 +37,7 @@ from model.scoring import Scored, Scorer, TwoTowerScorer
 from model.sequence import SequenceModel
 from streams.catalog import Catalog
 from streams.contracts import RankRequest
+from streams.signals import SignalsView
 
 __all__ = ["FEATURES", "FusionScorer", "fit_weights", "load_weights", "DEFAULT_WEIGHTS"]
 
@@ -57,6 +58,8 @@ FEATURES: tuple[str, ...] = (
     "trend",  # log(1 + short-window count / long-window baseline)
     "popularity",  # log(1 + decayed long-window count), streamed
 )
+
+_COLUMN = {f: j for j, f in enumerate(FEATURES)}
 
 #: Used when no fitted weights exist: the sequence model decides, repeats help.
 DEFAULT_WEIGHTS: dict = {"bias": 0.0, "weights": {"seq": 1.0, "repeat_count": 0.5}}
@@ -122,7 +125,7 @@ class FusionScorer(Scorer):
     # --- candidates -------------------------------------------------------
 
     def _merge(
-        self, request: RankRequest, seq_top: Sequence[str], now: float
+        self, request: RankRequest, seq_top: Sequence[str], view: SignalsView | None
     ) -> dict[str, dict[str, float]]:
         """Request candidates + seq + covis/trending: item -> merged features, in
         first-found order. Plain dicts, not Candidate objects: a few hundred
@@ -136,10 +139,8 @@ class FusionScorer(Scorer):
         for item in seq_top:
             if item not in exclude and item not in merged:
                 merged[item] = {}
-        if self.signals is not None and (self.covis_candidates or self.trending_candidates):
-            for c in self.signals.candidates(
-                list(request.recent_items), now, self.covis_candidates, self.trending_candidates
-            ):
+        if view is not None and (self.covis_candidates or self.trending_candidates):
+            for c in view.candidates(self.covis_candidates, self.trending_candidates):
                 if c.item_id not in exclude and c.item_id in known:
                     merged[c.item_id] = {**c.features, **merged.get(c.item_id, {})}
         return merged
@@ -153,10 +154,10 @@ class FusionScorer(Scorer):
         rows: np.ndarray,
         lm_scores: np.ndarray | None,
         log_probs: np.ndarray | None,
-        now: float,
+        view: SignalsView | None,
     ) -> np.ndarray:
         x = np.zeros((len(rows), len(FEATURES)), dtype=np.float32)
-        col = {f: j for j, f in enumerate(FEATURES)}
+        col = _COLUMN
         if log_probs is not None and self.sequence is not None:
             idx = self._seq_index[rows]
             lp = np.where(idx >= 0, log_probs[np.maximum(idx, 0)], _SEQ_FLOOR)
@@ -171,11 +172,7 @@ class FusionScorer(Scorer):
             x[:, col["lm"]] = lm_scores
         items = list(merged)
         last = request.sequence[-1] if request.sequence else None
-        signal_feats = (
-            self.signals.features(items, list(request.recent_items), now)
-            if self.signals is not None
-            else [{} for _ in items]
-        )
+        signal_feats = view.features(items) if view is not None else [{} for _ in items]
         for j, (item, extra) in enumerate(zip(items, signal_feats, strict=True)):
             f = {**extra, **merged[item]}
             count = f.get("repeat_count", 0.0)
@@ -209,10 +206,13 @@ class FusionScorer(Scorer):
                 seq_top = [
                     self.sequence.item_ids[t] for t in top.tolist() if self._seq_rows[t] >= 0
                 ]
-            merged = self._merge(r, seq_top, now)
+            # One signals view per request serves both the candidates and the features.
+            table = self.signals
+            view = None if table is None else table.view(list(r.recent_items), now)
+            merged = self._merge(r, seq_top, view)
             rows = np.fromiter((self.catalog.row[i] for i in merged), np.int64, len(merged))
             lm_scores = None if self.lm is None else self.lm.score_rows(r, rows, queries[i])
-            out.append((rows, self._features(r, merged, rows, lm_scores, lp, now)))
+            out.append((rows, self._features(r, merged, rows, lm_scores, lp, view)))
         return out
 
     def score(self, requests: Sequence[RankRequest]) -> list[Scored]:

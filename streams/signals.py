@@ -316,6 +316,14 @@ class SignalsTable:
                     self._counts = grown
             self._counts[i] = (row.short, row.long, row.ts)
 
+    def view(self, recent_items: Sequence[str], now: float) -> SignalsView:
+        """What the table says for one user at ``now``: the co-visitation scores of
+        their recent items and every item's trend and popularity, computed once
+        for both :meth:`SignalsView.candidates` and :meth:`SignalsView.features`."""
+        with self._lock:
+            trend, popularity = self._counts_at(now)
+            return SignalsView(self, self._covis(recent_items, now), trend, popularity)
+
     def candidates(
         self,
         recent_items: Sequence[str],
@@ -324,59 +332,14 @@ class SignalsTable:
         trending_n: int,
         exclude: Collection[str] = (),
     ) -> list[Candidate]:
-        """``covis_n`` co-visitation + ``trending_n`` trending candidates, merged.
-
-        ``recent_items`` are the user's items, most recent first. Co-visitation
-        score: the sum over recent items of their neighbour weight times
-        ``1 / (1 + position)``; trend score: the short count over the long count
-        plus :data:`TREND_PRIOR`, both decayed to ``now``. Covis candidates
-        come first (score = covis score), then trending ones (score = trend);
-        each carries every feature it has (see :meth:`features`). Items in
-        ``exclude`` are left out.
-        """
-        with self._lock:
-            covis = self._covis(recent_items, now)
-            trend, popularity = self._counts_at(now)
-            n = trending_n + len(exclude)
-            trending = _top(((self._ids[i], float(trend[i])) for i in _largest(trend, n)), n)
-            top_covis = _top(((k, v) for k, v in covis.items() if k not in exclude), covis_n)
-            top_trend = [(k, v) for k, v in trending if k not in exclude][:trending_n]
-            return merge(
-                *(
-                    [
-                        Candidate(
-                            item_id=k,
-                            score=round(v, 6),
-                            source=source,
-                            features=self._features_of(k, covis, trend, popularity),
-                        )
-                        for k, v in top
-                    ]
-                    for source, top in (("covis", top_covis), ("trending", top_trend))
-                )
-            )
+        """:meth:`SignalsView.candidates` of ``view(recent_items, now)``."""
+        return self.view(recent_items, now).candidates(covis_n, trending_n, exclude)
 
     def features(
         self, item_ids: Sequence[str], recent_items: Sequence[str], now: float
     ) -> list[dict[str, float]]:
-        """Per item, what the table knows of it at ``now``, each only when > 0: what a
-        ranker attaches to candidates of other sources. ``covis`` and ``trend`` as
-        in :meth:`candidates`, ``popularity`` the long count decayed to ``now``."""
-        with self._lock:
-            covis = self._covis(recent_items, now)
-            trend, popularity = self._counts_at(now)
-            return [self._features_of(i, covis, trend, popularity) for i in item_ids]
-
-    def _features_of(
-        self, item: str, covis: dict[str, float], trend: np.ndarray, popularity: np.ndarray
-    ) -> dict[str, float]:
-        i = self._index.get(item)
-        found = {
-            "covis": covis.get(item, 0.0),
-            "trend": 0.0 if i is None else float(trend[i]),
-            "popularity": 0.0 if i is None else float(popularity[i]),
-        }
-        return {k: round(v, 6) for k, v in found.items() if v > 0}
+        """:meth:`SignalsView.features` of ``view(recent_items, now)``."""
+        return self.view(recent_items, now).features(item_ids)
 
     def _covis(self, recent_items: Sequence[str], now: float) -> dict[str, float]:
         scores: dict[str, float] = {}
@@ -397,6 +360,63 @@ class SignalsTable:
         popularity = long * np.exp2(-dt / self.cfg.trend_long_half_life_s)
         trend = short * np.exp2(-dt / self.cfg.trend_half_life_s) / (popularity + TREND_PRIOR)
         return trend, popularity
+
+
+@dataclass(frozen=True)
+class SignalsView:
+    """One user's signals at one time (:meth:`SignalsTable.view`). Item indices
+    are append-only in the table, so the arrays stay valid while rows arrive."""
+
+    table: SignalsTable
+    covis: dict[str, float]
+    trend: np.ndarray
+    popularity: np.ndarray
+
+    def candidates(
+        self, covis_n: int, trending_n: int, exclude: Collection[str] = ()
+    ) -> list[Candidate]:
+        """``covis_n`` co-visitation + ``trending_n`` trending candidates, merged.
+
+        Co-visitation score: the sum over the user's recent items (most recent
+        first) of their neighbour weight times ``1 / (1 + position)``; trend
+        score: the short count over the long count plus :data:`TREND_PRIOR`,
+        both decayed to the view's time. Covis candidates come first (score =
+        covis score), then trending ones (score = trend); each carries every
+        feature it has (see :meth:`features`). Items in ``exclude`` are left out.
+        """
+        ids = self.table._ids
+        n = trending_n + len(exclude)
+        trending = _top(((ids[i], float(self.trend[i])) for i in _largest(self.trend, n)), n)
+        top_covis = _top(((k, v) for k, v in self.covis.items() if k not in exclude), covis_n)
+        top_trend = [(k, v) for k, v in trending if k not in exclude][:trending_n]
+        return merge(
+            *(
+                [
+                    Candidate(
+                        item_id=k, score=round(v, 6), source=source, features=self._features_of(k)
+                    )
+                    for k, v in top
+                ]
+                for source, top in (("covis", top_covis), ("trending", top_trend))
+            )
+        )
+
+    def features(self, item_ids: Sequence[str]) -> list[dict[str, float]]:
+        """Per item, what the table knows of it, each only when > 0: what a ranker
+        attaches to candidates of other sources. ``covis`` and ``trend`` as in
+        :meth:`candidates`, ``popularity`` the long count decayed to the view's time."""
+        return [self._features_of(i) for i in item_ids]
+
+    def _features_of(self, item: str) -> dict[str, float]:
+        i = self.table._index.get(item)
+        found = {
+            "covis": self.covis.get(item, 0.0),
+            "trend": 0.0 if i is None or i >= len(self.trend) else float(self.trend[i]),
+            "popularity": 0.0
+            if i is None or i >= len(self.popularity)
+            else float(self.popularity[i]),
+        }
+        return {k: round(v, 6) for k, v in found.items() if v > 0}
 
 
 def _largest(values: np.ndarray, n: int) -> np.ndarray:
