@@ -103,6 +103,20 @@ def write_generic_dataset(folder: Path, n_users: int = 12, seed: int = 7) -> Pat
     return folder
 
 
+def wait_rank_requests(brokers: str, topic: str, n: int, procs, timeout_s: float = 90.0) -> None:
+    """Every event triggers one rank request: wait for ``n`` distinct ones on ``topic``."""
+    follower = TopicFollower(brokers, [topic])
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(seen) < n and time.monotonic() < deadline:
+            procs.check()
+            seen |= {json.loads(m.value())["request_id"] for m in follower.poll(500, 0.2)}
+    finally:
+        follower.close()
+    assert len(seen) == n, f"{len(seen)} of {n} events applied"
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     """The real embedded Tansu broker, once per test session."""

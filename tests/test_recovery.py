@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 import yaml
+from conftest import wait_rank_requests
 
 from streamrec.processes import ProcessGroup, streamrec_cmd
 from streams.contracts import Event, RankedItem, Recommendation, Topics
@@ -26,13 +27,24 @@ ARMS = ["mmr:1", "mmr:0.7", "mmr:0.4", "dpp:0.6"]
 def _rec(u: int, s: int) -> Recommendation:
     arm = ARMS[(u + s) % len(ARMS)]
     return Recommendation(
-        rec_id=f"r-{u}-{s}", request_id=None, user_id=f"u{u}",
-        items=[RankedItem(item_id=i, score=1.0, rank=r + 1)
-               for r, i in enumerate(["k1", "l2", "b3"])],
+        rec_id=f"r-{u}-{s}",
+        request_id=None,
+        user_id=f"u{u}",
+        items=[
+            RankedItem(item_id=i, score=1.0, rank=r + 1) for r, i in enumerate(["k1", "l2", "b3"])
+        ],
         experiment={"name": "t", "variant": "bandit"},
-        policy={"reranker": arm.split(":")[0], "arm": arm, "lambda": float(arm.split(":")[1]),
-                "mode": "bandit", "segment": "all"},
-        model_version="test", trigger_event_id=None, created_ts=0.0, latency_ms=0.0,
+        policy={
+            "reranker": arm.split(":")[0],
+            "arm": arm,
+            "lambda": float(arm.split(":")[1]),
+            "mode": "bandit",
+            "segment": "all",
+        },
+        model_version="test",
+        trigger_event_id=None,
+        created_ts=0.0,
+        latency_ms=0.0,
     )
 
 
@@ -41,11 +53,29 @@ def _reactions(u: int, s: int) -> list[Event]:
     if s == 0 or (u + s) % 3 == 0:
         return []
     ts = 1_700_000_000.0 + s * 100 + u
-    out = [Event(event_id=f"c-{u}-{s}", type="click", user_id=f"u{u}", item_id="l2", ts=ts,
-                 rec_id=f"r-{u}-{s}")]
+    out = [
+        Event(
+            event_id=f"c-{u}-{s}",
+            type="click",
+            user_id=f"u{u}",
+            item_id="l2",
+            ts=ts,
+            rec_id=f"r-{u}-{s}",
+        )
+    ]
     if (u * s) % 4 == 0:
-        out.append(Event(event_id=f"p-{u}-{s}", type="purchase", user_id=f"u{u}",
-                         item_id="l2", ts=ts + 1, rec_id=f"r-{u}-{s}", price=2.0, quantity=1))
+        out.append(
+            Event(
+                event_id=f"p-{u}-{s}",
+                type="purchase",
+                user_id=f"u{u}",
+                item_id="l2",
+                ts=ts + 1,
+                rec_id=f"r-{u}-{s}",
+                price=2.0,
+                quantity=1,
+            )
+        )
     return out
 
 
@@ -67,20 +97,6 @@ def _latest_bandit_state(brokers: str, topic: str, closes: int, procs, timeout_s
     return latest
 
 
-def _wait_events_applied(brokers: str, topic: str, n: int, procs, timeout_s=90.0) -> None:
-    """Every event triggers one rank request: wait for ``n`` distinct ones."""
-    follower = TopicFollower(brokers, [topic])
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(seen) < n and time.monotonic() < deadline:
-            procs.check()
-            seen |= {json.loads(m.value())["request_id"] for m in follower.poll(500, 0.2)}
-    finally:
-        follower.close()
-    assert len(seen) == n, f"{len(seen)} of {n} events applied"
-
-
 def _expected_stats() -> dict:
     """What the bandit must have learned: every list but the last closes with
     min(1, 0.3 per click + 1.0 per purchase) (the default reward weights)."""
@@ -99,15 +115,26 @@ def _run(tmp_path, broker, catalog_path, kill_after_step: int | None) -> dict:
     topics = Topics(f"r{uuid.uuid4().hex[:8]}-")
     broker.create_topics(topics)
     config = tmp_path / f"exp-{topics.prefix}.yaml"
-    config.write_text(yaml.safe_dump({
-        "attribution": {"window_s": 1e12, "max_open_lists": 1},
-        "bandit": {"policy": "thompson", "min_exploration": 0.0},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "attribution": {"window_s": 1e12, "max_open_lists": 1},
+                "bandit": {"policy": "thompson", "min_exploration": 0.0},
+            }
+        )
+    )
     recovery = tmp_path / f"recovery-{topics.prefix}"
     from streamrec.cli import settings_env
 
-    env = settings_env(Settings(brokers=broker.bootstrap, catalog=catalog_path,
-                                topic_prefix=topics.prefix, experiments=config, metrics_port=0))
+    env = settings_env(
+        Settings(
+            brokers=broker.bootstrap,
+            catalog=catalog_path,
+            topic_prefix=topics.prefix,
+            experiments=config,
+            metrics_port=0,
+        )
+    )
     cmd = streamrec_cmd("dataflow", "-r", str(recovery), "-s", "1", "-b", "0")
     with ProcessGroup(tmp_path / f"logs-{topics.prefix}") as procs:
         procs.start("dataflow", cmd, env)
@@ -116,17 +143,26 @@ def _run(tmp_path, broker, catalog_path, kill_after_step: int | None) -> dict:
             # Lists first; wait until the dataflow has shown them (each closes
             # the user's previous list: step 0 only opens one), then the clicks
             # on them: causal order across the two topics, whatever the timing.
-            produce_all(broker.bootstrap, topics.recommendations,
-                        [(f"u{u}".encode(), _rec(u, s).to_bytes()) for u in range(USERS)])
+            produce_all(
+                broker.bootstrap,
+                topics.recommendations,
+                [(f"u{u}".encode(), _rec(u, s).to_bytes()) for u in range(USERS)],
+            )
             if s > 0:
-                state = _latest_bandit_state(broker.bootstrap, topics.bandit_weights,
-                                             USERS * s, procs)
-            produce_all(broker.bootstrap, topics.events,
-                        [(e.user_id.encode(), e.to_bytes())
-                         for u in range(USERS) for e in _reactions(u, s)])
-            events_so_far = sum(len(_reactions(u, t)) for u in range(USERS)
-                                for t in range(s + 1))
-            _wait_events_applied(broker.bootstrap, topics.rank_requests, events_so_far, procs)
+                state = _latest_bandit_state(
+                    broker.bootstrap, topics.bandit_weights, USERS * s, procs
+                )
+            produce_all(
+                broker.bootstrap,
+                topics.events,
+                [
+                    (e.user_id.encode(), e.to_bytes())
+                    for u in range(USERS)
+                    for e in _reactions(u, s)
+                ],
+            )
+            events_so_far = sum(len(_reactions(u, t)) for u in range(USERS) for t in range(s + 1))
+            wait_rank_requests(broker.bootstrap, topics.rank_requests, events_so_far, procs)
             if s == kill_after_step:
                 time.sleep(2.5)  # let a snapshot or two happen mid-stream
                 procs.children["dataflow"].kill()

@@ -13,6 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import wait_rank_requests
 
 import streams.signals
 from streams.catalog import Catalog
@@ -322,22 +323,6 @@ def _comparable(row: SignalRow, approx: bool = False) -> dict:
     }
 
 
-def _wait_requests(brokers: str, topic: str, n: int, procs, timeout_s: float = 90.0) -> None:
-    """Every event triggers one rank request: wait for ``n`` distinct ones."""
-    from streams.kafka import TopicFollower
-
-    follower = TopicFollower(brokers, [topic])
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(seen) < n and time.monotonic() < deadline:
-            procs.check()
-            seen |= {json.loads(m.value())["request_id"] for m in follower.poll(500, 0.2)}
-    finally:
-        follower.close()
-    assert len(seen) == n, f"{len(seen)} of {n} events applied"
-
-
 def _pipeline_rows(tmp_path, broker, catalog_path, events, expected, kill_at: int | None):
     """Run the dataflow (with recovery) over ``events``; SIGKILL and restart it once
     the first ``kill_at`` are applied. -> (latest item-signals row per item, rows read)."""
@@ -362,7 +347,7 @@ def _pipeline_rows(tmp_path, broker, catalog_path, events, expected, kill_at: in
     def produce(part: list[Event], applied: int) -> None:
         records_ = [(e.user_id.encode(), e.to_bytes()) for e in part]
         produce_all(broker.bootstrap, topics.events, records_)
-        _wait_requests(broker.bootstrap, topics.rank_requests, applied, procs)
+        wait_rank_requests(broker.bootstrap, topics.rank_requests, applied, procs)
 
     with ProcessGroup(tmp_path / f"logs-{topics.prefix}") as procs:
         procs.start("dataflow", cmd, env)
