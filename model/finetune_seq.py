@@ -10,7 +10,9 @@
    (:class:`model.evaluation.system.StreamrecSystem`: the dataflow's user state
    and item signals, the worker's fusion scorer), ask for each sampled user's
    candidates with their features, and fit the fusion weights listwise so the
-   second-to-last item outranks the rest (:func:`model.fusion.fit_weights`).
+   second-to-last item outranks the rest (:func:`model.fusion.fit_weights`);
+   a second set the same way with each user's history filtered, for lists
+   that may not repeat the user's items (``RankRequest.filter_seen``).
 4. Publish ``<out>/<version>`` (weights, config with the item ids and the
    training history, ``fusion.json``) and flip ``<out>/current`` atomically.
 """
@@ -47,7 +49,10 @@ def _cutoff(until: str | None) -> float | None:
 def fusion_warm_start(
     dataset, split, catalog: Catalog, settings: Settings, users: int, seed: int, progress: bool
 ) -> tuple[dict, dict]:  # noqa: ANN001
-    """Fit the fusion weights on the validation fold through the product's own path."""
+    """Fit the fusion weights on the validation fold through the product's own path:
+    the main set on every sampled user's next item, the ``"masked"`` set on the
+    same users asked with their history filtered (users whose next item is a
+    repeat drop out there, as they do from the masked protocol)."""
     from model.evaluation.system import StreamrecSystem
     from model.worker import build_ranker
 
@@ -60,21 +65,29 @@ def fusion_warm_start(
     sample = np.sort(
         rng.choice(len(fold.targets), size=min(users, len(fold.targets)), replace=False)
     )
-    groups = []
+    groups: dict[bool, list] = {False: [], True: []}
     for start in range(0, len(sample), 64):
         part = sample[start : start + 64]
-        requests = system.requests(part, settings.k)
-        for u, (rows, x) in zip(part.tolist(), ranker.scorer.featurize(requests), strict=True):
-            target = catalog.row.get(split.item_ids[fold.targets[u]], -1)
-            hit = np.flatnonzero(rows == target)
-            groups.append((x, int(hit[0]) if len(hit) else -1))
-    weights = fit_weights(groups)
-    found = float(np.mean([t >= 0 for _, t in groups]))
+        targets = [catalog.row.get(split.item_ids[fold.targets[u]], -1) for u in part.tolist()]
+        for masked in (False, True):
+            exclude = [fold.history(u) for u in part] if masked else None
+            requests = system.requests(part, settings.k, None, exclude)
+            for target, (rows, x) in zip(targets, ranker.scorer.featurize(requests), strict=True):
+                hit = np.flatnonzero(rows == target)
+                groups[masked].append((x, int(hit[0]) if len(hit) else -1))
+    weights = {**fit_weights(groups[False]), "masked": fit_weights(groups[True])}
     return weights, {
-        "users": len(groups),
-        "target_in_candidates": round(found, 4),
+        "users": len(sample),
+        "target_in_candidates": _found(groups[False]),
+        "masked_target_in_candidates": _found(groups[True]),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _found(groups: list[tuple[np.ndarray, object]]) -> float:
+    """Share of groups with a target among their candidates (-1 / [] = none)."""
+    hits = [bool(np.any(np.atleast_1d(t) >= 0)) for _, t in groups]
+    return round(float(np.mean(hits)), 4) if hits else 0.0
 
 
 def fusion_warm_start_baskets(
@@ -82,7 +95,9 @@ def fusion_warm_start_baskets(
 ) -> tuple[dict, dict]:  # noqa: ANN001
     """Fit the fusion weights for next-basket lists: the prequential replay (P2's
     rules) of the baskets dated ``start`` to ``until``, through the product's own
-    path; each basket's distinct items are the targets.
+    path; each basket's distinct items are the targets of the main set, and its
+    items new to the user, asked with the user's earlier items filtered (P2's
+    ``new``), those of the ``"masked"`` set.
 
     Why a second objective: the P1 fit learns what follows the last item, which
     is mostly the rest of the same invoice; a list asked for when the customer
@@ -99,22 +114,30 @@ def fusion_warm_start_baskets(
     replay = PrequentialReplay(dataset.interactions, start)
     end = _cutoff(until)
     system.fit(replay.train_set())
-    groups: list[tuple[np.ndarray, list[int]]] = []
+    groups: dict[bool, list[tuple[np.ndarray, list[int]]]] = {False: [], True: []}
+
+    def add(masked: bool, user: int, items: np.ndarray, test) -> None:  # noqa: ANN001
+        exclude = [test.earlier] if masked else None
+        request = system.requests(np.array([user]), settings.k, test.candidates, exclude)
+        ((rows, x),) = ranker.scorer.featurize(request)
+        wanted = [catalog.row.get(replay.item_ids[i], -1) for i in items]
+        groups[masked].append((x, np.flatnonzero(np.isin(rows, wanted)).tolist()))
+
     for step in tqdm(replay, desc="basket warm start", unit="ts"):
-        if step.time >= end or len(groups) >= max_baskets:
+        if step.time >= end or len(groups[False]) >= max_baskets:
             break
         for test in step.tests:
-            request = system.requests(np.array([test.basket.user]), settings.k, test.candidates)
-            ((rows, x),) = ranker.scorer.featurize(request)
-            wanted = {catalog.row.get(replay.item_ids[i], -1) for i in test.basket.items}
-            groups.append((x, np.flatnonzero(np.isin(rows, list(wanted))).tolist()))
+            add(False, test.basket.user, test.basket.items, test)
+            if len(test.new_items):
+                add(True, test.basket.user, test.new_items, test)
         system.update(step.events)
-    weights = fit_weights(groups)
-    found = float(np.mean([len(t) > 0 for _, t in groups])) if groups else 0.0
+    weights = {**fit_weights(groups[False]), "masked": fit_weights(groups[True])}
     return weights, {
         "objective": f"next basket, prequential baskets {start} to {until}",
-        "baskets": len(groups),
-        "any_target_in_candidates": round(found, 4),
+        "baskets": len(groups[False]),
+        "baskets_with_new_items": len(groups[True]),
+        "any_target_in_candidates": _found(groups[False]),
+        "any_new_target_in_candidates": _found(groups[True]),
         "seconds": round(time.perf_counter() - started, 1),
     }
 

@@ -21,7 +21,9 @@ dataflow's online learner publishes from attributed outcomes. A linear model
 keeps the two exchangeable: same features, same form.
 
 Masking: candidates added here skip ``RankRequest.exclude`` (the user's seen
-items when the dataflow filters them), like the dataflow's own sources.
+items when the dataflow filters them), like the dataflow's own sources, and a
+request with ``filter_seen`` is scored with the second weight set, fitted on
+targets the user never had (repeats cannot win there; see :mod:`streams.fusion`).
 """
 
 from __future__ import annotations
@@ -57,12 +59,22 @@ FEATURES: tuple[str, ...] = (
     "covis",  # log(1 + co-visitation weight from the recent items)
     "trend",  # log(1 + short-window count / long-window baseline)
     "popularity",  # log(1 + decayed long-window count), streamed
+    "category",  # the item's category's share of the user's decayed category mix
+    "last_category",  # 1 if the item shares the category of the user's most recent item
 )
 
 _COLUMN = {f: j for j, f in enumerate(FEATURES)}
 
 #: Used when no fitted weights exist: the sequence model decides, repeats help.
 DEFAULT_WEIGHTS: dict = {"bias": 0.0, "weights": {"seq": 1.0, "repeat_count": 0.5}}
+
+
+def _linear(weights: dict) -> tuple[np.ndarray, float, dict]:
+    """(weight vector in FEATURES order, bias, the set as a dict)."""
+    w = weights.get("weights", {})
+    bias = float(weights.get("bias", 0.0))
+    vector = np.array([float(w.get(f, 0.0)) for f in FEATURES], dtype=np.float32)
+    return vector, bias, {"bias": bias, "weights": dict(w)}
 
 
 def load_weights(path: Path | None) -> dict:
@@ -72,7 +84,7 @@ def load_weights(path: Path | None) -> dict:
 
     if path is None or not Path(path).is_file():
         return json.loads(json.dumps(DEFAULT_WEIGHTS))
-    return read(path)
+    return read(path)  # with its "masked" set when the file has one
 
 
 class FusionScorer(Scorer):
@@ -108,19 +120,28 @@ class FusionScorer(Scorer):
             self._seq_index[self._seq_rows[known]] = np.flatnonzero(known)
 
     def set_weights(self, weights: dict) -> None:
-        """Swap the linear weights (a published ``fusion-weights`` value).
+        """Swap the linear weights (the warm start, or a published ``fusion-weights`` value).
 
+        A warm start holds the set for lists that may repeat the user's items
+        and, under ``"masked"``, the one for lists that may not
+        (``RankRequest.filter_seen``); without it both use the first. A
+        published value stamps ``filter_seen`` and replaces only that set.
         One attribute assignment, so a batch ranked while the worker's follower
         thread swaps sees the old weights or the new ones, never a mix.
         """
-        w = weights.get("weights", {})
-        bias = float(weights.get("bias", 0.0))
-        vector = np.array([float(w.get(f, 0.0)) for f in FEATURES], dtype=np.float32)
-        self._linear = (vector, bias, {"bias": bias, "weights": dict(w)})
+        if "filter_seen" in weights:
+            plain, masked = self._sets
+            one = _linear(weights)
+            self._sets = (plain, one) if weights["filter_seen"] else (one, masked)
+            return
+        plain = _linear(weights)
+        self._sets = (plain, _linear(weights["masked"]) if "masked" in weights else plain)
 
     @property
     def weights(self) -> dict:
-        return self._linear[2]
+        """``{"bias", "weights", "masked": {"bias", "weights"}}`` in use now."""
+        plain, masked = self._sets
+        return {**plain[2], "masked": masked[2]}
 
     # --- candidates -------------------------------------------------------
 
@@ -172,6 +193,16 @@ class FusionScorer(Scorer):
             x[:, col["lm"]] = lm_scores
         items = list(merged)
         last = request.sequence[-1] if request.sequence else None
+        categories = self.catalog.categories
+        mix = request.category_mix
+        total = sum(mix.values())
+        if total > 0:
+            x[:, col["category"]] = [mix.get(categories[r], 0.0) / total for r in rows.tolist()]
+        last_row = self.catalog.row.get(last) if last is not None else None
+        if last_row is not None and categories[last_row] is not None:
+            x[:, col["last_category"]] = [
+                categories[r] == categories[last_row] for r in rows.tolist()
+            ]
         signal_feats = view.features(items) if view is not None else [{} for _ in items]
         for j, (item, extra) in enumerate(zip(items, signal_feats, strict=True)):
             f = {**extra, **merged[item]}
@@ -216,15 +247,18 @@ class FusionScorer(Scorer):
         return out
 
     def score(self, requests: Sequence[RankRequest]) -> list[Scored]:
-        w, bias, _ = self._linear
-        return [(rows, x @ w + bias) for rows, x in self.featurize(requests)]
+        return [(rows, s) for rows, s, _ in self.score_with_features(requests)]
 
     def score_with_features(
         self, requests: Sequence[RankRequest]
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Like :meth:`score`, plus each candidate's feature row (for ``RankedItem.features``)."""
-        w, bias, _ = self._linear
-        return [(rows, x @ w + bias, x) for rows, x in self.featurize(requests)]
+        sets = self._sets  # one read: a concurrent swap cannot mix two versions in a batch
+        out = []
+        for r, (rows, x) in zip(requests, self.featurize(requests), strict=True):
+            w, bias, _ = sets[r.filter_seen]
+            out.append((rows, x @ w + bias, x))
+        return out
 
 
 def fit_weights(

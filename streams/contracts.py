@@ -246,6 +246,9 @@ class RankRequest(_Message):
     # Items the worker must not add as candidates of its own (the user's seen
     # set when the dataflow filters seen items; empty when repeats are allowed).
     exclude: list[str] = Field(default_factory=list)
+    # True when the list may not repeat the user's items (the seen filter is
+    # on): the fusion ranker then scores with its weights fitted for that case.
+    filter_seen: bool = False
     category_mix: dict[str, float] = Field(default_factory=dict)
     trigger_event_id: str | None = None
     arrival_ts: float

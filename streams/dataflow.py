@@ -234,6 +234,7 @@ class UserStep:
             # Sources the worker adds (sequence model, co-visitation, trending)
             # must skip what retrieval skipped.
             exclude=list(state.seen) if s.filter_seen else [],
+            filter_seen=s.filter_seen,
             category_mix=state.category_mix(),
             trigger_event_id=trigger_event_id,
             arrival_ts=arrival_ts,
@@ -405,7 +406,7 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     fusion = op.stateful_map(
         "fusion",
         op.key_on("by-fusion-key", examples, lambda _: "global"),
-        FusionStep(fusion_start(s), _FUSION_PUBLISH_EVERY, s.fusion_lr),
+        FusionStep(fusion_start(s), _FUSION_PUBLISH_EVERY, s.fusion_lr, s.filter_seen),
     )
     bandit_step = BanditStep(policy)
     learn = op.filter(

@@ -12,10 +12,21 @@ pre-scaled) and :class:`FusionStep` publishes its weights to
 ``fusion-weights`` (key ``global``, compacted, JSON) on the first update and
 every ``publish_every`` updates::
 
-    {"bias": -1.2, "weights": {"covis": 0.8, "repeat_count": 0.3}, "updates": 50}
+    {"bias": -1.2, "weights": {"covis": 0.8, "repeat_count": 0.3}, "updates": 50,
+     "filter_seen": false}
 
-``{"bias", "weights"}`` is also the warm-start file's shape
-(``STREAMREC_FUSION_WARM_START``).
+Two weight sets. A list that may repeat the user's items and one that may
+not (``filter_seen``, the P1 history mask, P2's ``new`` baskets) want
+different rankers: repeats carry most of the first and none of the second.
+The warm-start file (``STREAMREC_FUSION_WARM_START``, or the sequence model's
+``fusion.json``) holds the first set and, optionally, the second under
+``"masked"``::
+
+    {"bias": 1.7, "weights": {...}, "masked": {"bias": 0.4, "weights": {...}}}
+
+The dataflow serves one ``filter_seen`` setting, so it learns the one set
+that setting uses (:func:`weight_set`) and stamps ``filter_seen`` on what it
+publishes; the worker replaces only that set.
 """
 
 from __future__ import annotations
@@ -26,20 +37,39 @@ from pathlib import Path
 
 from river import linear_model, optim
 
-__all__ = ["FusionModel", "FusionStep", "load_weights"]
+__all__ = ["FusionModel", "FusionStep", "load_weights", "weight_set"]
 
 
 def load_weights(path: Path) -> dict:
-    """A ``{"bias": b, "weights": {name: w}}`` file; ValueError says what is wrong."""
+    """A ``{"bias": b, "weights": {name: w}}`` file, with its optional ``"masked"``
+    set of the same shape; ValueError says what is wrong."""
     try:
         obj = json.loads(Path(path).read_text())
-        weights = {"bias": float(obj["bias"]), "weights": _floats(obj["weights"])}
+        weights = _set(obj)
+        if "masked" in obj:
+            weights["masked"] = _set(obj["masked"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(
             f"fusion warm start {path}: expected a JSON file "
-            f'{{"bias": number, "weights": {{name: number}}}} ({exc})'
+            f'{{"bias": number, "weights": {{name: number}}, "masked": (optional, same shape)}} '
+            f"({exc})"
         ) from exc
     return weights
+
+
+def weight_set(weights: Mapping, filter_seen: bool) -> dict:
+    """The ``{"bias", "weights"}`` set for lists with (True) or without the seen
+    filter; without a ``"masked"`` set both use the main one.
+
+    >>> weight_set({"bias": 1.0, "weights": {}, "masked": {"bias": 0.0, "weights": {}}}, True)
+    {'bias': 0.0, 'weights': {}}
+    """
+    chosen = weights.get("masked", weights) if filter_seen else weights
+    return _set(chosen)
+
+
+def _set(obj: Mapping) -> dict:
+    return {"bias": float(obj["bias"]), "weights": _floats(obj["weights"])}
 
 
 def _floats(weights: Mapping) -> dict[str, float]:
@@ -90,15 +120,21 @@ class FusionStep:
     """The ``fusion`` step: ``(model, (features, label)) -> (model, weights | None)``.
 
     A plain callable class, picklable and unit-tested without Bytewax. The
-    published dict is :meth:`FusionModel.weights` plus ``updates``.
+    published dict is :meth:`FusionModel.weights` plus ``updates`` and
+    ``filter_seen`` (which of the worker's two sets it replaces).
     """
 
     def __init__(
-        self, warm_start: Mapping | None = None, publish_every: int = 50, lr: float = 0.01
+        self,
+        warm_start: Mapping | None = None,
+        publish_every: int = 50,
+        lr: float = 0.01,
+        filter_seen: bool = False,
     ) -> None:
-        self.warm_start = dict(warm_start) if warm_start else None
+        self.warm_start = weight_set(warm_start, filter_seen) if warm_start else None
         self.publish_every = publish_every
         self.lr = lr
+        self.filter_seen = filter_seen
 
     def __call__(
         self, model: FusionModel | None, example: tuple[Mapping[str, float], int]
@@ -107,5 +143,6 @@ class FusionStep:
         features, label = example
         model.learn(features, label)
         if model.updates == 1 or model.updates % self.publish_every == 0:
-            return model, {**model.weights(), "updates": model.updates}
+            published = {**model.weights(), "updates": model.updates}
+            return model, {**published, "filter_seen": self.filter_seen}
         return model, None

@@ -21,7 +21,7 @@ from streams.catalog import Catalog
 from streams.contracts import Event, RankedItem, Recommendation, Topics
 from streams.dataflow import Shown, Trigger, UserStep
 from streams.experiments import AttributionConfig, PolicyConfig
-from streams.fusion import FusionModel, FusionStep, load_weights
+from streams.fusion import FusionModel, FusionStep, load_weights, weight_set
 from streams.settings import Settings
 
 WARM = {"bias": 0.0, "weights": {"good": 0.1, "bad": 0.1}}
@@ -69,14 +69,26 @@ def test_step_publishes_on_the_first_update_and_every_n() -> None:
         6,
         None,
     ]
-    assert set(published[5]) == {"bias", "weights", "updates"}
+    assert set(published[5]) == {"bias", "weights", "updates", "filter_seen"}
+    assert published[5]["filter_seen"] is False
     assert pickle.loads(pickle.dumps(step)).publish_every == 3
+
+
+def test_a_step_with_the_seen_filter_learns_the_masked_set() -> None:
+    warm = {**WARM, "masked": {"bias": -3.0, "weights": {"good": 0.0}}}
+    step = FusionStep(warm, publish_every=1, filter_seen=True)
+    _, out = step(None, ({"good": 1.0}, 1))
+    assert out["filter_seen"] is True
+    assert out["bias"] < -2.9  # started from the masked set, not the main one
+    assert weight_set(warm, False) == {"bias": WARM["bias"], "weights": WARM["weights"]}
 
 
 def test_warm_start_file(tmp_path) -> None:
     path = tmp_path / "w.json"
     path.write_text(json.dumps({"bias": 1, "weights": {"a": 2}}))
     assert load_weights(path) == {"bias": 1.0, "weights": {"a": 2.0}}
+    path.write_text(json.dumps({"bias": 1, "weights": {}, "masked": {"bias": 0, "weights": {}}}))
+    assert load_weights(path)["masked"] == {"bias": 0.0, "weights": {}}
     path.write_text('{"weights": {}}')
     with pytest.raises(ValueError, match="bias"):
         load_weights(path)
@@ -210,7 +222,7 @@ def test_the_fusion_step_learns_from_closed_lists_and_publishes(
         published = _wait(broker.bootstrap, topics.fusion_weights, lambda got: len(got) >= 2, procs)
     first, fiftieth = published
     assert (first["updates"], fiftieth["updates"]) == (1, 50)
-    assert set(first) == {"bias", "weights", "updates"}
+    assert set(first) == {"bias", "weights", "updates", "filter_seen"}
     # One SGD step from the warm start: the first closed list's first example is
     # the clicked good item, so "good" and the bias went up and "bad" stayed.
     assert first["weights"]["good"] > WARM["weights"]["good"]

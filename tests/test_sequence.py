@@ -151,3 +151,21 @@ def test_fusion_scores_are_the_linear_form_of_the_features(trained) -> None:
     scorer.set_weights({"bias": 0.0, "weights": {"repeat_count": 1.0}})
     ((_, again),) = scorer.score([_request()])
     assert np.allclose(again, x[:, col["repeat_count"]])
+
+
+def test_requests_with_the_seen_filter_use_the_masked_weights(trained) -> None:
+    model, _ = trained
+    weights = {
+        "bias": 0.0,
+        "weights": {"repeat_count": 1.0},
+        "masked": {"bias": 0.0, "weights": {"seq": 1.0}},
+    }
+    scorer = FusionScorer(_catalog(), None, model, weights, seq_candidates=4)
+    col = {f: j for j, f in enumerate(FEATURES)}
+    plain, masked = scorer.score_with_features([_request(), _request(filter_seen=True)])
+    assert np.allclose(plain[1], plain[2][:, col["repeat_count"]])
+    assert np.allclose(masked[1], masked[2][:, col["seq"]])
+    # A published online set replaces only the slot it names.
+    scorer.set_weights({"bias": 1.0, "weights": {}, "filter_seen": True})
+    assert scorer.weights["masked"] == {"bias": 1.0, "weights": {}}
+    assert scorer.weights["weights"] == {"repeat_count": 1.0}
