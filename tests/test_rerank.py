@@ -196,14 +196,15 @@ def test_get_reranker_unknown_lists_names() -> None:
 # --- DPP against an independent reference -------------------------------------------
 
 
-def _brute_force_greedy_dpp(scores, vectors, k, trade_off, window=None):
-    """Greedy MAP by recomputing log det for every candidate (Chen et al.'s objective)."""
+def _brute_force_greedy_dpp(scores, vectors, k, trade_off, window=None, pinned=1):
+    """Greedy MAP by recomputing log det for every candidate (Chen et al.'s objective),
+    after forcing the ``pinned`` most relevant items as the first picks."""
     from model.rerank import DPP  # noqa: F401 - the kernel definition is documented there
 
     alpha = trade_off / (2 * (1 - trade_off))
     r = np.exp(alpha * (scores - scores.max()))
     kernel = r[:, None] * ((vectors @ vectors.T + 1) / 2) * r[None, :]
-    chosen = [int(np.argmax(scores))]
+    chosen = [int(i) for i in np.argsort(-scores, kind="stable")[: min(pinned, k)]]
     while len(chosen) < k:
         context = chosen if not window else chosen[-(window - 1) :]
         best, best_val = None, -np.inf
@@ -231,6 +232,30 @@ def test_dpp_matches_brute_force_greedy(seed: int, window) -> None:
     trade_off = float(rng.uniform(0.05, 0.95))
     got = DPP(window=window).rerank(scores, vectors, k, trade_off).tolist()
     assert got == _brute_force_greedy_dpp(scores, vectors, k, trade_off, window)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pinned_dpp_matches_brute_force_greedy_after_its_head(seed: int) -> None:
+    from model.rerank import PinnedDPP
+
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(5, 40))
+    scores, vectors = rng.normal(size=n), _unit(rng.normal(size=(n, 16)))
+    k = int(rng.integers(1, min(n, 10) + 1))
+    trade_off = float(rng.uniform(0.05, 0.95))
+    got = PinnedDPP().rerank(scores, vectors, k, trade_off).tolist()
+    assert got == _brute_force_greedy_dpp(scores, vectors, k, trade_off, pinned=2)
+
+
+def test_pinned_mmr_keeps_the_head_and_diversifies_below_it() -> None:
+    from model.rerank import PinnedMMR
+
+    # Two near-duplicates on top, then another near-duplicate and a distinct item.
+    v = _unit(np.array([[1.0, 0.0], [0.99, 0.1], [0.98, 0.12], [0.0, 1.0]]))
+    scores = np.array([0.9, 0.8, 0.7, 0.1])
+    assert MMR().rerank(scores, v, 3, 0.3).tolist() == [0, 3, 1]
+    # The head stays; the tail is diverse from the head, not only from itself.
+    assert PinnedMMR().rerank(scores, v, 3, 0.3).tolist() == [0, 1, 3]
 
 
 def test_category_cap_and_calibration_spread_categories() -> None:
