@@ -7,21 +7,38 @@ runs on a lent GPU machine from the repository alone:
     python benchmarks/gpu_check.py [--epochs 2]
 
 Prints, per device: sequence-model training windows/s (full softmax, AMP
-bf16 on CUDA), serving latency of one 64-request batch, and LM encodes/s;
-then the CUDA/CPU ratios (each measured in the same run).
+bf16 on CUDA), serving latency of one 64-request batch, the whole fusion
+ranker on one 64-request batch (the worker's path: sequence model, candidate
+merge, features, both weight sets, MMR), and LM encodes/s; then the CUDA/CPU
+ratios (each measured in the same run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from model.encoder import Encoder
-from model.sequence import SeqConfig, SeqRec, TrainingData, _epoch_batches, _window
+from model.fusion import FusionScorer
+from model.ranker import Ranker
+from model.rerank import MMR
+from model.sequence import (
+    SeqConfig,
+    SeqRec,
+    SequenceModel,
+    TrainingData,
+    _epoch_batches,
+    _window,
+    save,
+)
+from streams.catalog import Catalog
+from streams.contracts import Candidate, RankRequest
 
 
 def _data(n_items: int, users: int, length: int, seed: int = 0) -> TrainingData:
@@ -80,6 +97,61 @@ def _serve_ms(device: str, data: TrainingData, vectors: np.ndarray, reps: int = 
     return float(np.median(times[2:]) * 1000)
 
 
+def _fusion_ms(device: str, data: TrainingData, vectors: np.ndarray, reps: int = 10) -> float:
+    """Median ms to rank one batch of 64 requests with the worker's fusion ranker;
+    half the requests filter seen items (the second weight set)."""
+    n = len(vectors)
+    ids = [f"i{j}" for j in range(n)]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    catalog = Catalog(
+        item_ids=ids,
+        titles=ids,
+        categories=[f"c{j % 40}" for j in range(n)],
+        vectors=unit,
+        popularity=np.arange(n, 0, -1, dtype=np.float32),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        save(SeqRec(vectors, SeqConfig(device=device)), ids, Path(tmp), {})
+        sequence = SequenceModel(Path(tmp), device=device)
+    plain = {"bias": 0.0, "weights": {"seq": 1.0, "repeat_count": 0.5, "category": 0.3}}
+    weights = {**plain, "masked": {"bias": 0.0, "weights": {"seq": 1.0, "covis": 0.5}}}
+    ranker = Ranker(
+        scorer=FusionScorer(catalog, None, sequence, weights),
+        reranker=MMR(),
+        catalog=catalog,
+        trade_off=0.7,
+        model_version="gpu-check",
+    )
+    requests = []
+    for u, (seq, ts) in enumerate(zip(data.sequences[:64], data.times[:64], strict=True)):
+        items = [ids[j] for j in seq[-50:].tolist()]
+        requests.append(
+            RankRequest(
+                request_id=f"r{u}",
+                user_id=f"u{u}",
+                k=10,
+                candidates=[
+                    Candidate(item_id=i, score=1.0, source="repeat", features={"repeat_count": 2})
+                    for i in items[-20:]
+                ],
+                sequence=items,
+                sequence_ts=[float(t) for t in ts[-50:]],
+                exclude=items if u % 2 else [],
+                filter_seen=bool(u % 2),
+                category_mix={"c1": 2.0, "c2": 1.0},
+                arrival_ts=float(ts[-1]),
+                created_ts=float(ts[-1]),
+            )
+        )
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        lists = ranker.rank(requests)
+        times.append(time.perf_counter() - start)
+    assert len(lists) == 64 and all(len(x) == 10 for x in lists)
+    return float(np.median(times[2:]) * 1000)
+
+
 def _encode_rate(device: str, n: int = 1024) -> float:
     enc = Encoder(device=device)
     texts = [f"VINTAGE RED RETROSPOT MUG {i} ; JUMBO BAG PINK {i % 97}" for i in range(n)]
@@ -103,6 +175,7 @@ def main() -> None:
         report[d] = {
             "train_windows_per_s": round(_train_rate(d, data, vectors, args.batches), 1),
             "serve_batch64_ms": round(_serve_ms(d, data, vectors), 2),
+            "fusion_rank_batch64_ms": round(_fusion_ms(d, data, vectors), 2),
         }
         try:
             report[d]["lm_encodes_per_s"] = round(_encode_rate(d), 1)
@@ -115,6 +188,10 @@ def main() -> None:
             ),
             "serve": round(
                 report["cpu"]["serve_batch64_ms"] / report["cuda"]["serve_batch64_ms"], 1
+            ),
+            "fusion_rank": round(
+                report["cpu"]["fusion_rank_batch64_ms"] / report["cuda"]["fusion_rank_batch64_ms"],
+                1,
             ),
         }
     print(json.dumps(report, indent=2))

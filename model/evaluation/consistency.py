@@ -31,8 +31,14 @@ rows its follower has applied by then (usually nearly all: applying a row is
 far cheaper than ranking a list); in-process they are ranked with the final
 table. A scorer that reads the signals (it holds them as ``scorer.signals``,
 like the fusion scorer) may therefore rank an event-triggered list
-differently; for it those lists are reported, and only the explicit ones must
-be identical. Other scorers must match on both.
+differently; for it those lists (and their score differences) are reported,
+and only the explicit ones must be identical and within tolerance. Other
+scorers must match on both.
+
+Bounded co-visitation prunes in arrival order, which Bytewax does not fix
+within an epoch; its buffer is kept deep enough that the published
+neighbours do not depend on it (``streams.signals._BUFFER``): 100 of 100
+explicit lists after 20,000 online-retail events were identical with it.
 
 The two sides batch the LM differently (the worker's micro-batches against
 fixed batches here) and the published scores are rounded to 6 decimals, so
@@ -106,11 +112,13 @@ class ConsistencyReport:
     explicit_identical: int = 0
     signal_rows: int = 0
     signals_read: bool = False
+    event_score_diff: float = 0.0
 
     @property
     def ok(self) -> bool:
-        """Every trigger has a list on both sides, all identical (event-triggered ones
-        only when the ranker reads no signals), scores within tolerance."""
+        """Every trigger has a list on both sides, all identical and with scores
+        within tolerance (event-triggered ones only when the ranker reads no
+        signals: ``max_score_diff`` then covers the explicit lists alone)."""
         return (
             self.compared == self.events
             and (self.signals_read or self.identical == self.compared)
@@ -134,7 +142,8 @@ class ConsistencyReport:
             ("item-signals rows the worker applied first", f"{self.signal_rows:,}"),
             ("explicit requests, then compared", f"{self.explicit:,} / {self.explicit_compared:,}"),
             ("explicit lists identical", f"{self.explicit_identical:,}"),
-            ("max absolute score difference", f"{self.max_score_diff:.2e}"),
+            ("max absolute score difference (checked lists)", f"{self.max_score_diff:.2e}"),
+            ("... over identical event-triggered lists" + lag, f"{self.event_score_diff:.2e}"),
             ("tolerance", f"{self.tolerance:.0e}"),
             ("verdict", "consistent" if self.ok else "DIFFERENT"),
             ("run time", f"{self.seconds:.0f} s"),
@@ -412,13 +421,17 @@ def check_consistency(
     compared, identical, worst, mismatches = _compare(events, pipeline, local)
     explicit = [_explicit_id(u) for u in users]
     x_compared, x_identical, x_worst, x_mismatches = _compare(explicit, pipeline, local)
+    signals_read = getattr(ranker.scorer, "signals", None) is not None
     return ConsistencyReport(
         events=n_events,
         pipeline_lists=sum(1 for e in events if e in pipeline),
         in_process_lists=sum(1 for e in events if e in local),
         compared=compared,
         identical=identical,
-        max_score_diff=max(worst, x_worst),
+        # A ranker that reads the item signals may rank an event-triggered list
+        # before its follower applied every row: those scores are reported only.
+        max_score_diff=x_worst if signals_read else max(worst, x_worst),
+        event_score_diff=worst,
         tolerance=tolerance,
         seconds=time.perf_counter() - started,
         mismatches=(x_mismatches + mismatches)[:5],
@@ -426,7 +439,7 @@ def check_consistency(
         explicit_compared=x_compared,
         explicit_identical=x_identical,
         signal_rows=fed.signals.rows,
-        signals_read=getattr(ranker.scorer, "signals", None) is not None,
+        signals_read=signals_read,
     )
 
 
