@@ -42,7 +42,15 @@ __all__ = [
 
 #: Names the worker's reranker registry knows (kept here so the dataflow,
 #: which never imports the model package, can validate a config).
-RERANKER_NAMES = ("relevance", "mmr", "dpp", "calibrated", "category_cap")
+RERANKER_NAMES = (
+    "relevance",
+    "mmr",
+    "dpp",
+    "mmr_pinned",
+    "dpp_pinned",
+    "calibrated",
+    "category_cap",
+)
 
 #: The experiment stamp of a user outside every experiment's traffic.
 NO_EXPERIMENT = {"name": "none", "variant": "default"}

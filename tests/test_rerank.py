@@ -34,6 +34,14 @@ def test_registry_names_match_classes() -> None:
     assert {RelevanceOnly, MMR} <= set(RERANKERS.values())
 
 
+def test_the_config_validator_knows_every_reranker() -> None:
+    """The dataflow validates arms against its own copy of the names (it never
+    imports the model package); the two lists must not drift apart."""
+    from streams.experiments import RERANKER_NAMES
+
+    assert sorted(RERANKER_NAMES) == sorted(RERANKERS)
+
+
 @pytest.mark.parametrize("k", [1, 5, 12])
 @pytest.mark.parametrize("trade_off", [0.0, 0.3, 0.7, 1.0])
 def test_returns_min_k_n_distinct_indices(reranker: Reranker, k: int, trade_off: float) -> None:
