@@ -18,7 +18,7 @@ import yaml
 import streams.fusion
 from streams.attribution import attribute, show
 from streams.catalog import Catalog
-from streams.contracts import Event, RankedItem, Recommendation, Topics
+from streams.contracts import Event, RankedItem, RankRequest, Recommendation, Topics
 from streams.dataflow import Shown, Trigger, UserStep
 from streams.experiments import AttributionConfig, PolicyConfig
 from streams.fusion import FusionModel, FusionStep, load_weights, weight_set
@@ -145,6 +145,18 @@ def test_user_step_rewards_carry_the_examples() -> None:
     state, _ = step.apply(state, Trigger(_click("e1", "b", 1.0, "r1"), 1.0))
     state, (reward,) = step.apply(state, Shown(_rec("r2")))
     assert reward.examples == (({"good": 1.0}, 0), ({"bad": 1.0}, 1))
+
+
+@pytest.mark.parametrize("filter_seen", [True, False])
+def test_rank_requests_say_whether_seen_items_are_filtered(filter_seen: bool) -> None:
+    """The worker picks the fusion weight set from ``RankRequest.filter_seen``."""
+    items = ["a", "b", "c"]
+    catalog = Catalog(items, items, [None] * 3, np.eye(3, dtype=np.float32), np.ones(3))
+    step = UserStep(catalog, Settings(brokers="x", filter_seen=filter_seen))
+    _, outputs = step.apply(None, Trigger(_click("e1", "b", 1.0, None), 1.0))
+    (request,) = [o for o in outputs if isinstance(o, RankRequest)]
+    assert request.filter_seen is filter_seen
+    assert request.exclude == (["b"] if filter_seen else [])
 
 
 # --- the dataflow on the real broker ---

@@ -44,6 +44,12 @@ def test_finetune_seq_publishes_a_model_with_fitted_fusion_weights(seq_model) ->
     fusion = json.loads((path / "fusion.json").read_text())
     assert set(fusion["weights"]) == set(FEATURES)
     assert fusion["warm_start"]["users"] > 0
+    # The second set, for lists that filter seen items: nothing seen is a
+    # candidate there, so the repeat features cannot have learned a weight.
+    masked = fusion["masked"]["weights"]
+    assert set(masked) == set(FEATURES)
+    assert all(masked[f] == 0.0 for f in ("repeat", "repeat_count", "repeat_recency"))
+    assert 0.0 <= fusion["warm_start"]["masked_target_in_candidates"] <= 1.0
     model = SequenceModel(out / "current", device="cpu")
     assert model.version == path.name and len(model.item_ids) > 10
 
