@@ -73,7 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.evaluation.baselines import Recommender  # noqa: E402
 from model.evaluation.protocols import Events, PrequentialReplay, leave_last_out  # noqa: E402
-from model.evaluation.runner import evaluate_p1, evaluate_p2  # noqa: E402
+from model.evaluation.runner import evaluate_p1, evaluate_p2, machine, report_header  # noqa: E402
 from streams.datasets import Dataset, load_dataset  # noqa: E402
 
 MODELS = {"gru4rec": "GRU4Rec", "sasrec": "SASRec"}
@@ -441,19 +441,12 @@ _TAIL = [
 def _markdown(report: dict) -> str:
     p2 = report["protocol"] == "prequential"
     cols = _COLUMNS[p2] + _TAIL
-    lines = [
-        f"# {report['dataset']}: {report['protocol']}, RecBole peers (k = 10)",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Run time {report['seconds']:.0f} s on {report['machine']['cpus']} CPUs "
-        f"(load average at start {report['machine']['load_avg_1_5_15']}, at end "
-        f"{report['machine_end']['load_avg_1_5_15']}; the machine is shared). "
-        f"recbole {report['versions']['recbole']}, torch {report['versions']['torch']}.",
-        "",
-        "Data: " + ", ".join(f"{k} {v:,}" for k, v in report["counts"].items()) + ".",
-        "",
-    ]
+    versions = report["versions"]
+    lines = report_header(
+        report,
+        f"{report['dataset']}: {report['protocol']}, RecBole peers (k = 10)",
+        f" recbole {versions['recbole']}, torch {versions['torch']}.",
+    )
     for table, results in report["tables"].items():
         lines += [f"## {table}", "", "| method | " + " | ".join(h for _, h, _ in cols) + " |"]
         lines.append("|---" + "|---:" * len(cols) + "|")
@@ -483,10 +476,6 @@ def _markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _machine() -> dict:
-    return {"cpus": os.cpu_count(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -525,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    started, machine = perf_counter(), _machine()
+    started, started_on = perf_counter(), machine()
     dataset = load_dataset(args.data)
     print(f"{dataset.name} {args.protocol}: {args.models}", flush=True)
     run = run_p2 if args.protocol == "prequential" else run_p1
@@ -535,12 +524,12 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "args": vars(args),
         "versions": {"recbole": recbole.__version__, "torch": torch.__version__},
-        "machine": machine,
+        "machine": started_on,
         "finished": None,
         **run(dataset, args),
     }
     report["seconds"] = perf_counter() - started
-    report["machine_end"] = _machine()
+    report["machine_end"] = machine()
     report["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

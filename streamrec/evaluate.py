@@ -17,7 +17,6 @@ deployed pipeline against the in-process system (``consistency.json``/``.md``).
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -65,10 +64,6 @@ def _console() -> Console:
 def _load(settings: Settings, console: Console) -> Dataset:
     with console.status(f"loading {settings.data}"):
         return load_dataset(settings.data)
-
-
-def _machine() -> dict[str, object]:
-    return {"cpus": os.cpu_count(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
 
 
 def _plain(value: object) -> object:
@@ -138,18 +133,9 @@ def _markdown_table(results: Mapping[str, Mapping[str, float]], k: int, p2: bool
 
 def _markdown(report: Mapping, k: int) -> str:
     p2 = report["protocol"] == "prequential"
-    lines = [
-        f"# {report['dataset']}: {report['protocol']} (k = {k})",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Run time {report['seconds']:.0f} s on {report['machine']['cpus']} CPUs "
-        f"(load average at start {report['machine']['load_avg_1_5_15']}, "
-        f"at end {report['machine_end']['load_avg_1_5_15']}; the machine is shared).",
-        "",
-        "Data: " + ", ".join(f"{key} {v:,}" for key, v in report["counts"].items()) + ".",
-        "",
-    ]
+    from model.evaluation.runner import report_header
+
+    lines = report_header(report, f"{report['dataset']}: {report['protocol']} (k = {k})")
     for name, results in report["tables"].items():
         lines += [f"## {name}", "", *_markdown_table(results, k, p2), ""]
     lines += [
@@ -197,10 +183,11 @@ def run_evaluate(
         evaluate_p2,
         leave_last_out,
     )
+    from model.evaluation.runner import machine
 
     console = console or _console()
     started = perf_counter()
-    machine = _machine()
+    started_on = machine()
     dataset = _load(settings, console)
     out = out if out is not None else default_out(dataset, protocol)
     p2 = protocol == "prequential"
@@ -254,12 +241,12 @@ def run_evaluate(
         "k": k,
         "command": _command(),
         "counts": counts,
-        "machine": machine,
+        "machine": started_on,
         "tables": tables,
         "settings": json.loads(settings.model_dump_json()) if system is not None else None,
     }
     report["seconds"] = perf_counter() - started
-    report["machine_end"] = _machine()
+    report["machine_end"] = machine()
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2, default=_plain) + "\n")
     (out / "results.md").write_text(_markdown(report, k))

@@ -6,6 +6,7 @@ and every result carries ``n``, the number of test cases, and ``seconds``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Literal
@@ -20,7 +21,7 @@ from model.evaluation.quality import QualityAccumulator, ReferenceEmbeddings
 if TYPE_CHECKING:
     from streams.datasets import Dataset
 
-__all__ = ["evaluate_p1", "evaluate_p2"]
+__all__ = ["evaluate_p1", "evaluate_p2", "machine", "report_header"]
 
 Results = dict[str, dict[str, float]]
 #: Users scored per ``scores`` call in P1: big enough for matrix products, small
@@ -119,3 +120,27 @@ def evaluate_p2(
         for variant, a in acc.items():
             results[variant][name] = {**a.summary(n_candidates), "seconds": seconds}
     return results
+
+
+def machine() -> dict[str, object]:
+    """CPUs and load averages, recorded at a run's start and end: the machine is
+    shared, so every results file says how busy it was."""
+    return {"cpus": os.cpu_count(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+
+
+def report_header(report: Mapping, title: str, note: str = "") -> list[str]:
+    """The opening lines of a ``results.md``: title, command, run time with the
+    machine's load (then ``note``), data counts. ``report`` holds ``command``,
+    ``seconds``, ``machine``, ``machine_end`` (:func:`machine`) and ``counts``."""
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Run time {report['seconds']:.0f} s on {report['machine']['cpus']} CPUs "
+        f"(load average at start {report['machine']['load_avg_1_5_15']}, "
+        f"at end {report['machine_end']['load_avg_1_5_15']}; the machine is shared)." + note,
+        "",
+        "Data: " + ", ".join(f"{key} {v:,}" for key, v in report["counts"].items()) + ".",
+        "",
+    ]
