@@ -38,7 +38,7 @@ from model.sequence import (
     save,
 )
 from streams.catalog import Catalog
-from streams.contracts import Candidate, RankRequest
+from streams.contracts import RankRequest
 
 
 def _data(n_items: int, users: int, length: int, seed: int = 0) -> TrainingData:
@@ -130,10 +130,8 @@ def _fusion_ms(device: str, data: TrainingData, vectors: np.ndarray, reps: int =
                 request_id=f"r{u}",
                 user_id=f"u{u}",
                 k=10,
-                candidates=[
-                    Candidate(item_id=i, score=1.0, source="repeat", features={"repeat_count": 2})
-                    for i in items[-20:]
-                ],
+                counts={} if u % 2 else {i: (2.0, float(ts[-1])) for i in items[-20:]},
+                last_ts=float(ts[-1]),
                 sequence=items,
                 sequence_ts=[float(t) for t in ts[-50:]],
                 exclude=items if u % 2 else [],

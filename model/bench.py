@@ -30,7 +30,7 @@ from model.encoder import Encoder
 from model.finetune import cpu_threads
 from model.ranker import Ranker
 from streams.catalog import Catalog
-from streams.contracts import Candidate, RankRequest
+from streams.contracts import RankRequest, encode_vector
 from streams.settings import Settings
 
 __all__ = ["PathResult", "bench_model", "bench_requests", "render_table"]
@@ -54,24 +54,21 @@ class PathResult:
 def bench_requests(
     catalog: Catalog, n: int, history: int = 10, candidates: int = 100, seed: int = 0
 ) -> list[RankRequest]:
-    """``n`` seeded rank requests over ``catalog`` (recent items, retrieved candidates)."""
+    """``n`` seeded rank requests over ``catalog``: ``history`` recent items and a user
+    vector at their mean, so the ranker retrieves ``candidates`` around them."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         recent = rng.choice(len(catalog), size=min(history, len(catalog)), replace=False)
         user = catalog.vectors[recent].mean(axis=0)
         user /= max(float(np.linalg.norm(user)), 1e-9)
-        rows, scores = catalog.search(user, candidates)
         out.append(
             RankRequest(
                 request_id=f"bench:{i}",
                 user_id=f"u{i}",
                 k=10,
-                candidates=[
-                    Candidate(item_id=catalog.item_ids[r], score=float(s), source="embedding")
-                    for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
-                ],
-                user_vector=user.tolist(),
+                m=candidates,
+                user_vector=encode_vector(user),
                 recent_items=[catalog.item_ids[r] for r in recent.tolist()],
                 arrival_ts=0.0,
                 created_ts=0.0,

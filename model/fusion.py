@@ -29,7 +29,6 @@ targets the user never had (repeats cannot win there; see :mod:`streams.fusion`)
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from model.scoring import Scored, Scorer, TwoTowerScorer
 from model.sequence import SequenceModel
 from streams.catalog import Catalog
 from streams.contracts import RankRequest
+from streams.retrieval import Candidates, retrieve
 from streams.signals import SignalsView
 
 __all__ = ["FEATURES", "FusionScorer", "fit_weights", "load_weights", "DEFAULT_WEIGHTS"]
@@ -101,8 +101,17 @@ class FusionScorer(Scorer):
         seq_candidates: int = 100,
         covis_candidates: int = 50,
         trending_candidates: int = 20,
+        repeat_n: int = 50,
     ) -> None:
         self.catalog = catalog
+        self.repeat_n = repeat_n
+        # Category code per catalog row (-1: none), so category features are array lookups.
+        self._category_names = sorted({c for c in catalog.categories if c is not None})
+        self._category_index = {c: i for i, c in enumerate(self._category_names)}
+        self._category_codes = np.array(
+            [-1 if c is None else self._category_index[c] for c in catalog.categories],
+            dtype=np.int64,
+        )
         self.lm = lm
         self.sequence = sequence
         self.seq_candidates = seq_candidates
@@ -146,35 +155,39 @@ class FusionScorer(Scorer):
     # --- candidates -------------------------------------------------------
 
     def _merge(
-        self, request: RankRequest, seq_top: Sequence[str], view: SignalsView | None
-    ) -> dict[str, dict[str, float]]:
-        """Request candidates + seq + covis/trending: item -> merged features, in
-        first-found order. Plain dicts, not Candidate objects: a few hundred
-        candidates per request make pydantic copies the slowest part of ranking."""
+        self, request: RankRequest, found: Candidates, seq_top: np.ndarray, view: SignalsView | None
+    ) -> tuple[np.ndarray, int]:
+        """Retrieved candidates + seq + covis/trending -> (catalog rows in first-found
+        order, how many of them came from retrieval). Arrays, not one object per
+        candidate: a few hundred candidates per request made per-candidate
+        objects the slowest part of ranking."""
         exclude = set(request.exclude)
-        known = self.catalog.row
-        merged: dict[str, dict[str, float]] = {}
-        for c in request.candidates:
-            if c.item_id in known:
-                merged[c.item_id] = dict(c.features)
-        for item in seq_top:
-            if item not in exclude and item not in merged:
-                merged[item] = {}
+        ids = self.catalog.item_ids
+        rows = found.rows.tolist()
+        taken = set(rows)
+        for row in seq_top.tolist():
+            if row not in taken and ids[row] not in exclude:
+                taken.add(row)
+                rows.append(row)
         if view is not None and (self.covis_candidates or self.trending_candidates):
+            known = self.catalog.row
             for c in view.candidates(self.covis_candidates, self.trending_candidates):
-                if c.item_id not in exclude and c.item_id in known:
-                    merged[c.item_id] = {**c.features, **merged.get(c.item_id, {})}
-        return merged
+                row = known.get(c.item_id)
+                if row is not None and row not in taken and c.item_id not in exclude:
+                    taken.add(row)
+                    rows.append(row)
+        return np.asarray(rows, dtype=np.int64), len(found)
 
     # --- features ---------------------------------------------------------
 
     def _features(
         self,
         request: RankRequest,
-        merged: dict[str, dict[str, float]],
+        found: Candidates,
         rows: np.ndarray,
         lm_scores: np.ndarray | None,
         log_probs: np.ndarray | None,
+        sorted_log_probs: np.ndarray | None,
         view: SignalsView | None,
     ) -> np.ndarray:
         x = np.zeros((len(rows), len(FEATURES)), dtype=np.float32)
@@ -183,38 +196,41 @@ class FusionScorer(Scorer):
             idx = self._seq_index[rows]
             lp = np.where(idx >= 0, log_probs[np.maximum(idx, 0)], _SEQ_FLOOR)
             x[:, col["seq"]] = np.maximum(lp, _SEQ_FLOOR)
-            order = np.argsort(-log_probs, kind="stable")
-            rank = np.empty(len(order), dtype=np.float32)
-            rank[order] = np.arange(len(order))
-            x[:, col["seq_rank"]] = np.where(idx >= 0, 1.0 / (1.0 + rank[np.maximum(idx, 0)]), 0.0)
+            rank = _ranks(log_probs, sorted_log_probs, np.maximum(idx, 0))
+            x[:, col["seq_rank"]] = np.where(idx >= 0, 1.0 / (1.0 + rank), 0.0)
         else:
             x[:, col["seq"]] = _SEQ_FLOOR
         if lm_scores is not None:
             x[:, col["lm"]] = lm_scores
-        items = list(merged)
         last = request.sequence[-1] if request.sequence else None
-        categories = self.catalog.categories
+        codes = self._category_codes
         mix = request.category_mix
         total = sum(mix.values())
         if total > 0:
-            x[:, col["category"]] = [mix.get(categories[r], 0.0) / total for r in rows.tolist()]
+            share = np.zeros(len(self._category_names) + 1, dtype=np.float32)
+            for name, w in mix.items():
+                code = self._category_index.get(name)
+                if code is not None:
+                    share[code] = w / total
+            x[:, col["category"]] = share[codes[rows]]
         last_row = self.catalog.row.get(last) if last is not None else None
-        if last_row is not None and categories[last_row] is not None:
-            x[:, col["last_category"]] = [
-                categories[r] == categories[last_row] for r in rows.tolist()
-            ]
-        signal_feats = view.features(items) if view is not None else [{} for _ in items]
-        for j, (item, extra) in enumerate(zip(items, signal_feats, strict=True)):
-            f = {**extra, **merged[item]}
-            count = f.get("repeat_count", 0.0)
-            if count > 0:
-                x[j, col["repeat"]] = 1.0
-                x[j, col["repeat_count"]] = math.log1p(count)
-                x[j, col["repeat_recency"]] = 1.0 / (1.0 + f.get("repeat_age_s", 0.0) / _DAY_S)
-            x[j, col["last_item"]] = float(item == last)
-            x[j, col["covis"]] = math.log1p(max(f.get("covis", 0.0), 0.0))
-            x[j, col["trend"]] = math.log1p(max(f.get("trend", 0.0), 0.0))
-            x[j, col["popularity"]] = math.log1p(max(f.get("popularity", 0.0), 0.0))
+        if last_row is not None:
+            x[:, col["last_item"]] = rows == last_row
+            if codes[last_row] >= 0:
+                x[:, col["last_category"]] = codes[rows] == codes[last_row]
+        # Repeat features: only the retrieved candidates carry them (the dataflow's
+        # sources used to; the fitted weights expect exactly that).
+        n = len(found)
+        count = found.repeat_count
+        had = count > 0
+        x[:n, col["repeat"]] = had
+        x[:n, col["repeat_count"]] = np.log1p(count)
+        x[:n, col["repeat_recency"]] = np.where(had, 1.0 / (1.0 + found.repeat_age_s / _DAY_S), 0.0)
+        if view is not None:
+            covis, trend, popularity = view.arrays(self.catalog.item_ids, rows)
+            x[:, col["covis"]] = np.log1p(covis)
+            x[:, col["trend"]] = np.log1p(trend)
+            x[:, col["popularity"]] = np.log1p(popularity)
         return x
 
     def featurize(self, requests: Sequence[RankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -224,26 +240,28 @@ class FusionScorer(Scorer):
             log_probs = self.sequence.log_probs(
                 [r.sequence for r in requests], [r.sequence_ts for r in requests]
             )
+        # One sort for the batch: each candidate's rank in the sequence model's order.
+        ordered = None if log_probs is None else np.sort(log_probs, axis=1)
+        retrieved = retrieve(self.catalog, requests, self.repeat_n)
         queries = self.lm.queries(requests) if self.lm is not None else [None] * len(requests)
         out = []
-        for i, r in enumerate(requests):
+        for i, (r, found) in enumerate(zip(requests, retrieved, strict=True)):
             now = r.sequence_ts[-1] if r.sequence_ts else r.arrival_ts
-            seq_top: list[str] = []
+            seq_top = np.zeros(0, dtype=np.int64)
             lp = None if log_probs is None else log_probs[i]
             if lp is not None and self.seq_candidates:
                 want = self.seq_candidates + len(r.exclude)
                 top = np.argpartition(-lp, min(want, len(lp) - 1))[:want]
                 top = top[np.argsort(-lp[top], kind="stable")]
-                seq_top = [
-                    self.sequence.item_ids[t] for t in top.tolist() if self._seq_rows[t] >= 0
-                ]
+                seq_top = self._seq_rows[top]
+                seq_top = seq_top[seq_top >= 0]
             # One signals view per request serves both the candidates and the features.
             table = self.signals
             view = None if table is None else table.view(list(r.recent_items), now)
-            merged = self._merge(r, seq_top, view)
-            rows = np.fromiter((self.catalog.row[i] for i in merged), np.int64, len(merged))
+            rows, _ = self._merge(r, found, seq_top, view)
             lm_scores = None if self.lm is None else self.lm.score_rows(r, rows, queries[i])
-            out.append((rows, self._features(r, merged, rows, lm_scores, lp, view)))
+            sorted_lp = None if ordered is None else ordered[i]
+            out.append((rows, self._features(r, found, rows, lm_scores, lp, sorted_lp, view)))
         return out
 
     def score(self, requests: Sequence[RankRequest]) -> list[Scored]:
@@ -259,6 +277,19 @@ class FusionScorer(Scorer):
             w, bias, _ = sets[r.filter_seen]
             out.append((rows, x @ w + bias, x))
         return out
+
+
+def _ranks(values: np.ndarray, ascending: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """0-based rank of ``values[at]`` in ``values`` ordered best first, ties by index
+    (what a stable descending argsort gives), from ``ascending = np.sort(values)``:
+    a sort and a binary search instead of a full argsort per request."""
+    v = values[at]
+    above = np.searchsorted(ascending, v, side="right")
+    rank = (len(values) - above).astype(np.float32)
+    tied = np.flatnonzero(above - np.searchsorted(ascending, v, side="left") > 1)
+    for j in tied.tolist():  # equal values: the lower index ranks first
+        rank[j] += np.count_nonzero(values[: at[j]] == v[j])
+    return rank
 
 
 def fit_weights(

@@ -15,6 +15,7 @@ __all__ = [
     "RECOMMENDATIONS",
     "DEAD_LETTERS",
     "DUPLICATE_REQUESTS",
+    "SKIPPED_REQUESTS",
     "BATCH_SIZE",
     "INFERENCE_SECONDS",
     "EVENT_TO_RECOMMENDATION_SECONDS",
@@ -23,7 +24,7 @@ __all__ = [
     "init_labels",
 ]
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 REQUESTS_CONSUMED = Counter("streamrec_worker_rank_requests_total", "Rank requests consumed")
 RECOMMENDATIONS = Counter(
@@ -57,6 +58,11 @@ MODEL_RELOADS = Counter(
 )
 DEAD_LETTERS = Counter(
     "streamrec_worker_dlq_records_total", "Rank requests the worker could not parse (to DLQ)"
+)
+SKIPPED_REQUESTS = Counter(
+    "streamrec_worker_skipped_requests_total",
+    "Event-triggered rank requests not ranked because a newer one for the same user "
+    "was already waiting (latest wins)",
 )
 DUPLICATE_REQUESTS = Counter(
     "streamrec_worker_duplicate_requests_total", "Rank requests already answered (skipped)"

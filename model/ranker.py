@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 from model.rerank import Reranker, get_reranker
 from model.scoring import Scorer
 from streams.bandit.book import PolicyBook
@@ -118,27 +120,29 @@ class Ranker:
         else:
             scored = [(rows, scores, None) for rows, scores in self.scorer.score(requests)]
         out = []
+        ids, categories = self.catalog.item_ids, self.catalog.categories
         for request, (rows, scores, feats), policy in zip(requests, scored, policies, strict=True):
-            pos = self._reranker(str(policy["reranker"])).rerank(
+            reranker = self._reranker(str(policy["reranker"]))
+            pos = reranker.rerank(
                 scores,
                 self.catalog.vectors[rows],
                 request.k,
                 float(policy["lambda"]),
-                categories=[self.catalog.categories[r] for r in rows],
+                categories=[categories[r] for r in rows.tolist()]
+                if reranker.uses_categories
+                else None,
                 target_mix=request.category_mix,
             )
+            chosen = rows[pos].tolist()
+            listed = np.asarray(scores)[pos].tolist()
+            if feats is None:
+                out.append([(ids[r], s, None) for r, s in zip(chosen, listed, strict=True)])
+                continue
+            values = np.round(feats[pos].astype(np.float64), 5).tolist()
             out.append(
                 [
-                    (
-                        self.catalog.item_ids[rows[p]],
-                        float(scores[p]),
-                        None
-                        if feats is None
-                        else {
-                            n: round(float(v), 5) for n, v in zip(names, feats[p], strict=True) if v
-                        },
-                    )
-                    for p in pos
+                    (ids[r], s, {n: v for n, v in zip(names, row, strict=True) if v})
+                    for r, s, row in zip(chosen, listed, values, strict=True)
                 ]
             )
         return out

@@ -21,6 +21,7 @@ import numpy as np
 from model.encoder import Encoder
 from streams.catalog import Catalog
 from streams.contracts import RankRequest
+from streams.retrieval import retrieve
 
 __all__ = ["Scorer", "TwoTowerScorer", "Scored", "history_text"]
 
@@ -49,7 +50,12 @@ class TwoTowerScorer(Scorer):
     """LM history query + streamed embedding, dot product with item vectors."""
 
     def __init__(
-        self, encoder: Encoder, catalog: Catalog, blend: float = 0.5, history_items: int = 10
+        self,
+        encoder: Encoder,
+        catalog: Catalog,
+        blend: float = 0.5,
+        history_items: int = 10,
+        repeat_n: int = 50,
     ) -> None:
         if encoder.dim != catalog.dim:
             raise ValueError(
@@ -60,6 +66,7 @@ class TwoTowerScorer(Scorer):
         self.catalog = catalog
         self.blend = blend
         self.history_items = history_items
+        self.repeat_n = repeat_n
 
     def history_text(self, recent_items: Sequence[str]) -> str | None:
         """The text the user tower reads: recent item titles, newest first."""
@@ -82,9 +89,13 @@ class TwoTowerScorer(Scorer):
         return out
 
     def score(self, requests: Sequence[RankRequest]) -> list[Scored]:
-        return [
-            self._score_one(r, q) for r, q in zip(requests, self.queries(requests), strict=True)
-        ]
+        """Retrieve each request's candidates (one batched product) and score them."""
+        retrieved = retrieve(self.catalog, requests, self.repeat_n)
+        out = []
+        for r, q, found in zip(requests, self.queries(requests), retrieved, strict=True):
+            scores = self.score_rows(r, found.rows, q)
+            out.append((found.rows, found.scores if scores is None else scores))
+        return out
 
     def score_rows(
         self, request: RankRequest, rows: np.ndarray, query: np.ndarray | None
@@ -95,19 +106,12 @@ class TwoTowerScorer(Scorer):
         parts: list[tuple[float, np.ndarray]] = []
         if query is not None:
             parts.append((self.blend, vectors @ query))
-        if request.user_vector is not None:
-            parts.append((1.0 - self.blend, vectors @ np.asarray(request.user_vector, np.float32)))
+        user = request.vector()
+        if user is not None:
+            parts.append((1.0 - self.blend, vectors @ user))
         if not parts:
             return None
         total = sum(w for w, _ in parts)
         if total == 0:  # only the side the blend gives no weight exists: use it alone
             parts, total = [(1.0, s) for _, s in parts], float(len(parts))
         return (sum(w * s for w, s in parts) / total).astype(np.float32)
-
-    def _score_one(self, request: RankRequest, query: np.ndarray | None) -> Scored:
-        pairs = [(self.catalog.row.get(c.item_id), c.score) for c in request.candidates]
-        rows = np.array([r for r, _ in pairs if r is not None], dtype=np.int64)
-        scores = self.score_rows(request, rows, query)
-        if scores is None:
-            return rows, np.array([s for r, s in pairs if r is not None], dtype=np.float32)
-        return rows, scores

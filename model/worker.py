@@ -19,9 +19,10 @@ into the policy book, ``item-signals`` rows into a
 :class:`~streams.signals.SignalsTable` (``ranker.signals``) and the newest
 ``fusion-weights`` onto ``ranker.fusion_weights``. Every ranker the worker
 serves (swapped-in versions and experiment variants too) gets the same
-table and weights. ``streamrec_worker_signal_rows_total`` counts the rows
-applied, so a caller can wait until the worker has seen a known number of
-them (the embedded broker's high watermarks are not reliable).
+table and weights. ``streamrec_worker_signal_records`` sums the signal
+records behind the rows applied (``SignalRow.records``), so a caller that
+knows how many records the dataflow produced can wait until the worker has
+caught up (the embedded broker's high watermarks are not reliable).
 
 Model reload: with ``--artifact`` (a version folder or the ``current`` link of
 ``streamrec finetune``), a background thread checks the version it points at
@@ -46,8 +47,8 @@ from pathlib import Path
 from types import FrameType
 
 import numpy as np
-from confluent_kafka import Message
-from prometheus_client import Counter
+from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import Counter, Gauge
 
 from model import metrics
 from model.artifact import artifact_version
@@ -57,13 +58,26 @@ from model.rerank import MMR, intra_list_diversity
 from model.scoring import Scorer, TwoTowerScorer
 from streams.bandit.book import PolicyBook
 from streams.catalog import Catalog, CatalogNotFound
-from streams.contracts import DeadLetter, RankRequest, Recommendation, Topics, parse_rank_request
+from streams.contracts import (
+    TIMING_HEADER,
+    DeadLetter,
+    RankRequest,
+    Recommendation,
+    Topics,
+    parse_rank_request,
+)
 from streams.experiments import load_config
 from streams.kafka import TopicFollower, consumer, producer
 from streams.settings import Settings
 from streams.signals import SignalRow, SignalsConfig, SignalsTable
 
-__all__ = ["Worker", "build_ranker", "load_ranker", "WORKER_GROUP", "DeliveryFailed"]
+__all__ = [
+    "Worker",
+    "build_ranker",
+    "load_ranker",
+    "WORKER_GROUP",
+    "DeliveryFailed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +86,19 @@ WORKER_GROUP = "streamrec-worker"
 SIGNAL_ROWS = Counter(
     "streamrec_worker_signal_rows_total", "item-signals rows applied to the worker's table"
 )
+SIGNAL_RECORDS = Gauge(
+    "streamrec_worker_signal_records",
+    "Signal records behind the item-signals rows in the worker's table (each row counts "
+    "the records its item has applied): equals the records the dataflow produced once "
+    "the worker has caught up",
+)
+
+
+# With a backlog, the worker reads up to this many batches ahead (latest-wins, full batches).
+_LOOKAHEAD = 4
+
+#: (topic, value, key, headers) of a record to produce.
+Produced = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
 
 
 class DeliveryFailed(RuntimeError):
@@ -99,7 +126,9 @@ def build_ranker(
     """
     if encoder is None:
         encoder = Encoder(settings.artifact, device=settings.device, quantize=settings.quantize)
-    scorer: Scorer = TwoTowerScorer(encoder, catalog, settings.lm_blend, settings.history_items)
+    scorer: Scorer = TwoTowerScorer(
+        encoder, catalog, settings.lm_blend, settings.history_items, settings.repeat_n
+    )
     version = encoder.name
     if settings.sequence_model is not None:
         from model.fusion import FusionScorer, load_weights
@@ -118,6 +147,7 @@ def build_ranker(
             settings.seq_candidates,
             settings.covis_candidates,
             settings.trending_candidates,
+            settings.repeat_n,
         )
         version = f"{encoder.name}+seq:{sequence.version}"
     if settings.cross_encoder is not None:
@@ -245,28 +275,77 @@ class Worker:
             self._answered.popitem(last=False)
         return True
 
-    def handle(self, messages: list[Message]) -> list[tuple[str, bytes, bytes | None]]:
-        """Parse + rank one batch -> the (topic, value, key) records to produce."""
-        self._swap()
+    def plan(self, messages: list[Message]) -> tuple[list[Produced], list[RankRequest]]:
+        """Parse a consumed window -> (dead letters to produce, the requests to rank).
+
+        Redelivered request ids are dropped. With ``latest_wins``, of a user's
+        event-triggered requests in the window only the newest is ranked: the
+        older ones would describe a state the user has already left, and
+        ranking them only delays everyone's next list (a burst of one
+        shopper's basket lines is one list, not twenty). Explicit requests
+        (``recommendation-requests``) are always answered.
+        """
+        out: list[Produced] = []
         requests: list[RankRequest] = []
-        out: list[tuple[str, bytes, bytes | None]] = []
         for m in messages:
             parsed = parse_rank_request(m.value(), m.topic(), m.partition(), m.offset())
             if isinstance(parsed, DeadLetter):
                 metrics.DEAD_LETTERS.inc()
-                out.append((self.topics.rank_requests_dlq, parsed.to_bytes(), None))
+                out.append((self.topics.rank_requests_dlq, parsed.to_bytes(), None, None))
             elif self._fresh(parsed):
                 requests.append(parsed)
         metrics.REQUESTS_CONSUMED.inc(len(messages))
+        if self.settings.latest_wins:
+            newest = {r.user_id: i for i, r in enumerate(requests) if r.explicit_request_id is None}
+            kept = [
+                r
+                for i, r in enumerate(requests)
+                if r.explicit_request_id is not None or newest[r.user_id] == i
+            ]
+            metrics.SKIPPED_REQUESTS.inc(len(requests) - len(kept))
+            requests = kept
         metrics.QUEUE_DEPTH.set(len(requests))
-        if requests:
-            started = time.perf_counter()
-            recs = self._recommend(requests)
-            metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
-            metrics.BATCH_SIZE.observe(len(requests))
-            for rec in recs:
-                out.append((self.topics.recommendations, rec.to_bytes(), rec.user_id.encode()))
-                self._observe(rec)
+        return out, requests
+
+    def rank(self, requests: list[RankRequest], consumed_ts: float) -> list[Produced]:
+        """Rank one micro-batch -> its ``recommendations`` records.
+
+        Each record carries the header ``streamrec-timing``: JSON epoch seconds
+        ``consumed_ts`` (the window left Kafka), ``batch_start_ts`` and
+        ``done_ts`` (this batch's ranking), so a benchmark can split a list's
+        latency into the hop, the batch wait and the compute.
+        """
+        self._swap()
+        if not requests:
+            return []
+        batch_start = time.time()
+        started = time.perf_counter()
+        recs = self._recommend(requests)
+        metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(requests))
+        timing = json.dumps(
+            {"consumed_ts": consumed_ts, "batch_start_ts": batch_start, "done_ts": time.time()}
+        ).encode()
+        out: list[Produced] = []
+        for rec in recs:
+            out.append(
+                (
+                    self.topics.recommendations,
+                    rec.to_bytes(),
+                    rec.user_id.encode(),
+                    [(TIMING_HEADER, timing)],
+                )
+            )
+            self._observe(rec)
+        return out
+
+    def handle(self, messages: list[Message]) -> list[Produced]:
+        """Plan and rank a window in micro-batches -> every record to produce."""
+        consumed_ts = time.time()
+        out, requests = self.plan(messages)
+        size = self.settings.batch_size
+        for start in range(0, len(requests), size):
+            out += self.rank(requests[start : start + size], consumed_ts)
         return out
 
     def _recommend(self, requests: list[RankRequest]) -> list[Recommendation]:
@@ -300,6 +379,19 @@ class Worker:
             if p != "-1" and st.get("consumer_lag", -1) >= 0:
                 metrics.CONSUMER_LAG.labels(p).set(st["consumer_lag"])
 
+    @staticmethod
+    def _produce(prod: Producer, records: list[Produced], failed: list[str]) -> None:
+        """Produce ``records``; a delivery the broker refuses is appended to ``failed``
+        (the loop reads it before committing)."""
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failed.append(f"{msg.topic()}: {err}")
+
+        for topic, value, key, headers in records:
+            prod.produce(topic, value=value, key=key, headers=headers, on_delivery=report)
+        prod.poll(0)
+
     def _observe(self, rec: Recommendation) -> None:
         """Per-list metrics: latency, variant, arm, rolling diversity and coverage."""
         metrics.EVENT_TO_RECOMMENDATION_SECONDS.observe(rec.latency_ms / 1000.0)
@@ -323,6 +415,7 @@ class Worker:
     def _apply_signal_row(self, raw: bytes) -> None:
         self.signals.apply(SignalRow.from_json(raw))
         SIGNAL_ROWS.inc()
+        SIGNAL_RECORDS.set(self.signals.records)
 
     def _apply_fusion_weights(self, raw: bytes) -> None:
         weights = json.loads(raw)
@@ -377,21 +470,32 @@ class Worker:
         try:
             while not self._stop.is_set():
                 batch = cons.consume(s.batch_size, timeout=s.max_wait_ms / 1000.0)
+                if len(batch) == s.batch_size:
+                    # A backlog: take what is already here too (no wait), so latest-wins
+                    # sees a user's newer requests and the batches stay full.
+                    batch += cons.consume(s.batch_size * (_LOOKAHEAD - 1), timeout=0)
+                consumed_ts = time.time()
                 messages = [m for m in batch if m.error() is None]
                 for m in batch:
                     if m.error() is not None:
                         log.warning("consumer error: %s", m.error())
                 if not messages:
                     continue
-                for topic, value, key in self.handle(messages):
-                    prod.produce(topic, value=value, key=key)
+                failed: list[str] = []
+                dead_letters, requests = self.plan(messages)
+                self._produce(prod, dead_letters, failed)
+                for start in range(0, len(requests), s.batch_size):
+                    chunk = requests[start : start + s.batch_size]
+                    # Each batch goes out as soon as it is ranked; one flush for the window.
+                    self._produce(prod, self.rank(chunk, consumed_ts), failed)
                 remaining = prod.flush(30)
-                if remaining:
-                    # Stop without committing: a restarted worker gets the batch
-                    # again from the last commit, so nothing acknowledged is lost.
+                if remaining or failed:
+                    # Stop without committing: a restarted worker gets the window again
+                    # from the last commit, so nothing acknowledged is lost.
                     raise DeliveryFailed(
-                        f"{remaining} records not delivered to Kafka within 30 s; "
-                        "exiting without committing so the batch is redelivered"
+                        f"{remaining} records not delivered within 30 s and {len(failed)} "
+                        f"refused by the broker (first: {failed[:1]}); exiting without "
+                        "committing so the window is redelivered"
                     )
                 cons.commit(asynchronous=False)
         finally:

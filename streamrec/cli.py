@@ -675,6 +675,114 @@ def bench_model(
         Console(width=None if sys.stdout.isatty() else 120).print(render_table(report))
 
 
+@bench_app.command("pipeline")
+def bench_pipeline(
+    data: Data = None,
+    brokers: Annotated[
+        str,
+        _opt(
+            "brokers",
+            "Kafka bootstrap servers HOST:PORT,... (empty = an embedded broker); "
+            "every topic gets a fresh random prefix",
+        ),
+    ] = "",
+    catalog: CatalogDir = None,
+    sequence_model: SequenceModelDir = None,
+    cache_dir: CacheDir = _d("cache_dir"),
+    device: Device = _d("device"),
+    events: Annotated[
+        int, typer.Option("--events", help="Events preloaded for raw and the dataflow sections")
+    ] = 20_000,
+    worker_events: Annotated[
+        int, typer.Option("--worker-events", help="Rank requests preloaded for the worker")
+    ] = 5_000,
+    rate: Annotated[
+        float, typer.Option("--rate", help="Events/s of the latency and burst sections")
+    ] = 100.0,
+    seconds: Annotated[float, typer.Option("--seconds", help="Length of the latency run")] = 30.0,
+    burst_seconds: Annotated[
+        float, typer.Option("--burst-seconds", help="Seconds at 10x --rate in the burst")
+    ] = 60.0,
+    state_users: Annotated[
+        int, typer.Option("--state-users", help="Synthetic users of the state section")
+    ] = 200_000,
+    state_events: Annotated[
+        int, typer.Option("--state-events", help="Events per synthetic user")
+    ] = 20,
+    skip: Annotated[
+        str,
+        typer.Option(
+            "--skip",
+            help="Sections to skip, comma-separated: raw, dataflow-trigger, dataflow-state, "
+            "worker-two-tower, worker-fusion (worker = both), latency, burst, state",
+        ),
+    ] = "",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="JSON report (default: runs/bench-pipeline-<UTC time>.json)"),
+    ] = None,
+) -> None:
+    """Each stage's events/s against a bare consumer loop, latency, a burst, state size."""
+    for flag, count in (
+        ("--events", events),
+        ("--worker-events", worker_events),
+        ("--state-users", state_users),
+        ("--state-events", state_events),
+    ):
+        if count < 1:
+            raise typer.BadParameter(f"must be at least 1, got {count}", param_hint=flag)
+    for flag, value in (
+        ("--rate", rate),
+        ("--seconds", seconds),
+        ("--burst-seconds", burst_seconds),
+    ):
+        if not value > 0:  # also refuses nan
+            raise typer.BadParameter(f"must be above 0, got {value}", param_hint=flag)
+    from streamrec.pipeline_bench import PipelineBenchOptions, parse_skip
+
+    try:
+        skipped = parse_skip(skip)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--skip") from None
+    _passive_omp()  # inherited by the dataflow and worker children
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+
+    from streamrec.pipeline_bench import bench_pipeline as run
+    from streamrec.pipeline_bench import render_table
+
+    if out is None:
+        out = Path("runs") / f"bench-pipeline-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    s = _settings(
+        data=data,
+        brokers=brokers,
+        catalog=catalog,
+        sequence_model=sequence_model,
+        cache_dir=cache_dir,
+        device=device,
+    )
+    options = PipelineBenchOptions(
+        events=events,
+        worker_events=worker_events,
+        rate=rate,
+        seconds=seconds,
+        burst_seconds=burst_seconds,
+        state_users=state_users,
+        state_events=state_events,
+        skip=skipped,
+    )
+    report = run(s, options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    Console(width=None if sys.stdout.isatty() else 120).print(render_table(report))
+    typer.echo(f"report: {out}")
+    failed = [name for name, figures in report["sections"].items() if "error" in figures]
+    if failed:
+        typer.echo(f"streamrec: error: sections failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry: map failures to exit 1 with a one-line reason."""
     try:

@@ -42,14 +42,16 @@ comes from ``STREAMREC_*`` environment variables (see ``streams.settings``).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import bytewax.operators as op
-import numpy as np
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
 
 from streams import metrics
 from streams.attribution import ListReward, attribute, claim_early, show
@@ -63,16 +65,25 @@ from streams.contracts import (
     Recommendation,
     RecommendationRequest,
     Topics,
+    encode_vector,
     parse_event,
     parse_recommendation,
     parse_recommendation_request,
 )
 from streams.experiments import NO_EXPERIMENT, PolicyConfig, assign, load_config
 from streams.fusion import FusionStep, load_weights
-from streams.retrieval import candidates
+from streams.kafka import consumer_config, producer_config
 from streams.settings import Settings
-from streams.signals import CoVisit, Hit, SignalRow, SignalsConfig, SignalsStep, records
-from streams.state import StateConfig, UserState, update_state
+from streams.signals import (
+    CoVisit,
+    Hit,
+    ItemSignals,
+    SignalRow,
+    SignalsConfig,
+    SignalsStep,
+    records,
+)
+from streams.state import StateConfig, UserState, restore, update_state
 
 __all__ = ["build_flow", "UserStep", "BanditStep", "Trigger", "Shown"]
 
@@ -163,7 +174,7 @@ class UserStep:
         return state, next((o for o in outputs if isinstance(o, RankRequest)), None)
 
     def apply(self, state: UserState | None, item: Trigger | Shown) -> tuple[UserState, list]:
-        state = state if state is not None else UserState()
+        state = restore(state, self.catalog, self.cfg) if state is not None else UserState()
         if isinstance(item, Shown):
             pending = state.pending.pop(
                 item.rec.request_id or f"evt:{item.rec.trigger_event_id}", None
@@ -178,7 +189,7 @@ class UserStep:
             if not update_state(state, msg, self.catalog, self.cfg):
                 metrics.DUPLICATE_EVENTS.inc()
                 return state, []
-            metrics.EVENTS.labels(msg.type).inc()
+            metrics.EVENTS_BY_TYPE[msg.type].inc()
             if msg.item_id not in self.catalog.row:
                 metrics.UNKNOWN_ITEMS.inc()
             outcomes, closed = attribute(
@@ -186,17 +197,25 @@ class UserStep:
             )
             outputs += outcomes + closed
             outputs += records(state.sequence, msg.item_id, msg.ts, self.settings.covis_window)
+            if not self.settings.trigger_on_events:
+                return state, outputs
             request_id, explicit, k, trigger_id = f"evt:{msg.event_id}", None, None, msg.event_id
-            metrics.RANK_REQUESTS.labels("event").inc()
+            metrics.EVENT_TRIGGERS.inc()
         else:
             request_id, explicit, k, trigger_id = msg.request_id, msg.request_id, msg.k, None
-            metrics.RANK_REQUESTS.labels("request").inc()
+            metrics.REQUEST_TRIGGERS.inc()
         request = self.rank_request(
             state, msg.user_id, request_id, explicit, k, trigger_id, item.arrival_ts
         )
         # Remember when (event time) and in which context the list was asked
         # for: attribution windows and the bandit's context use it when the
-        # list comes back on `recommendations`.
+        # list comes back on `recommendations`. Of event-triggered requests only
+        # the newest is kept: the worker ranks a user's newest when several wait
+        # (latest wins), so older entries would mostly wait forever, in every
+        # user's state.
+        if explicit is None:
+            for older in [r for r in state.pending if r.startswith("evt:")]:
+                del state.pending[older]
         state.pending[request_id] = (state.last_ts or 0.0, request.context)
         while len(state.pending) > _MAX_PENDING:
             state.pending.popitem(last=False)
@@ -213,27 +232,33 @@ class UserStep:
         trigger_event_id: str | None,
         arrival_ts: float,
     ) -> RankRequest:
-        """Assign the experiment, retrieve candidates, and wrap them for the worker."""
+        """Assign the experiment and describe the user for the worker, which
+        retrieves and ranks the candidates (``streams.retrieval``).
+
+        Built without validation (``model_construct``): every field comes from
+        typed state, and validating a request the dataflow itself writes would
+        cost as much as the rest of the step.
+        """
         s = self.settings
         policy, experiment, m = self._policy_for(user_id, state)
         vector = state.unit_embedding()
-        return RankRequest(
+        return RankRequest.model_construct(
             request_id=request_id,
             explicit_request_id=explicit_request_id,
             user_id=user_id,
             k=k or s.k,
-            candidates=candidates(
-                state, self.catalog, m or s.candidates, s.filter_seen, s.repeat_n
-            ),
-            # numpy rounds to the same doubles as round(x, 6), save exact half-way
-            # ties, and is many times faster than a float-by-float comprehension.
-            user_vector=None if vector is None else np.round(vector.astype(np.float64), 6).tolist(),
+            m=m or s.candidates,
+            user_vector=None if vector is None else encode_vector(vector),
+            last_ts=state.last_ts,
             recent_items=state.recent_items()[: s.history_items],
             sequence=[item for item, _ in state.sequence],
             sequence_ts=[ts for _, ts in state.sequence],
-            # Sources the worker adds (sequence model, co-visitation, trending)
-            # must skip what retrieval skipped.
+            # Items no source may propose (retrieval, sequence model, co-visitation,
+            # trending): the seen set when seen items are filtered.
             exclude=list(state.seen) if s.filter_seen else [],
+            # The repeat source and its features need the counts only when repeats
+            # are allowed; with the seen filter they would only grow the request.
+            counts={} if s.filter_seen else {i: (c[0], c[1]) for i, c in state.counts.items()},
             filter_seen=s.filter_seen,
             category_mix=state.category_mix(),
             trigger_event_id=trigger_event_id,
@@ -283,6 +308,52 @@ class BanditStep:
         if reward.arm in state.pulls:
             state.update(reward.arm, reward.reward, reward.context)
         return state, {"key": self.key(reward), "updated_ts": time.time(), **state.to_state()}
+
+
+class _SignalsLogic(StatefulBatchLogic):
+    """One item inside ``op.stateful_batch``: its records -> at most one row per interval.
+
+    The first records after a quiet spell are published at once; later ones
+    within ``interval_s`` only mark the item dirty, and its latest row goes
+    out when the interval ends (``notify_at``). After a restart from recovery,
+    a row that was due but not yet published goes out with the item's next
+    record (the logic learns its key from its records).
+    """
+
+    def __init__(self, step: SignalsStep, interval_s: float, state: ItemSignals | None) -> None:
+        self.step = step
+        self.interval = timedelta(seconds=interval_s)
+        self.state = state
+        self.key: str | None = None
+        self.next_publish: datetime | None = None
+        self.dirty = False
+
+    def on_batch(self, values: list[CoVisit | Hit]) -> tuple[list[SignalRow], bool]:
+        self.state = self.step.apply(self.state, values)
+        self.key = values[-1].key
+        self.dirty = True
+        if self.next_publish is None or datetime.now(timezone.utc) >= self.next_publish:
+            return self._publish(), StatefulBatchLogic.RETAIN
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[SignalRow], bool]:
+        return self._publish(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self.dirty:
+            return None
+        return self.next_publish or datetime.now(timezone.utc)
+
+    def _publish(self) -> list[SignalRow]:
+        if not self.dirty or self.state is None or self.key is None:
+            return []
+        self.dirty = False
+        self.next_publish = datetime.now(timezone.utc) + self.interval
+        return [self.state.row(self.key, self.step.cfg)]
+
+    def snapshot(self) -> ItemSignals | None:
+        # Serialised later, while this state keeps changing (as stateful_map does).
+        return copy.deepcopy(self.state)
 
 
 @dataclass(frozen=True)
@@ -381,7 +452,8 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
             [topics.events, topics.recommendation_requests, topics.recommendations],
             # Errors become dead letters instead of stopping the dataflow.
             raise_on_errors=False,
-            batch_size=500,
+            batch_size=1000,
+            add_config=consumer_config(s),
         ),
     )
     parsed = op.map("parse", raw, lambda m: _parse(topics, m))
@@ -393,10 +465,11 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     signal_records = op.branch(
         "split-signals", rewards.falses, lambda x: isinstance(x, (CoVisit, Hit))
     )
-    rows = op.stateful_map(
+    signals_step = SignalsStep(SignalsConfig.from_settings(s))
+    rows = op.stateful_batch(
         "item-signals",
         op.key_on("by-item", signal_records.trues, lambda r: r.key),
-        SignalsStep(SignalsConfig.from_settings(s)),
+        lambda resume: _SignalsLogic(signals_step, s.signals_interval_s, resume),
     )
     # One key is enough for the fusion learner: its model is a few dozen floats
     # and an SGD step costs microseconds, far below the rate lists close at.
@@ -426,6 +499,6 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     op.output(
         "kafka-out",
         op.map("to-kafka", merged, lambda x: _to_sink(topics, x)),
-        KafkaSink(brokers, topic=None),
+        KafkaSink(brokers, topic=None, add_config=producer_config(s)),
     )
     return flow

@@ -8,11 +8,15 @@ reliable ``get_watermark_offsets`` high marks, so nothing here relies on them.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.settings import Settings
 
 __all__ = [
     "KafkaUnavailable",
@@ -21,6 +25,9 @@ __all__ = [
     "wait_until_ready",
     "producer",
     "consumer",
+    "kafka_properties",
+    "consumer_config",
+    "producer_config",
 ]
 
 
@@ -28,9 +35,64 @@ class KafkaUnavailable(RuntimeError):
     """The brokers did not answer in time; check --brokers / STREAMREC_BROKERS."""
 
 
+_ENV_PREFIX = "STREAMREC_KAFKA_"
+
+
+def kafka_properties(settings: Settings | None = None) -> dict[str, str]:
+    """The librdkafka settings every client of the product gets (TLS, SASL, ...).
+
+    First the properties file ``STREAMREC_KAFKA_PROPERTIES`` (``key=value``
+    lines, ``#`` comments, as Kafka's own tools read), then every
+    ``STREAMREC_KAFKA_<NAME>`` variable, the convention of Kafka's container
+    images: ``_`` is a dot and ``__`` an underscore, so
+    ``STREAMREC_KAFKA_SASL_MECHANISM=SCRAM-SHA-512`` sets ``sasl.mechanism``.
+    The values may be secrets: nothing here logs them.
+    """
+    s = settings if settings is not None else Settings()
+    props: dict[str, str] = {}
+    if s.kafka_properties is not None:
+        props.update(_read_properties(s.kafka_properties))
+    for name, value in os.environ.items():
+        if name.startswith(_ENV_PREFIX) and name != _ENV_PREFIX + "PROPERTIES":
+            key = name[len(_ENV_PREFIX) :].lower().replace("__", "\0").replace("_", ".")
+            props[key.replace("\0", "_")] = value
+    return props
+
+
+def _read_properties(path: Path) -> dict[str, str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise KafkaUnavailable(f"cannot read the Kafka properties file {path}: {exc}") from None
+    props = {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise KafkaUnavailable(f"{path}:{n}: not a key=value line")
+        props[key.strip()] = value.strip()
+    return props
+
+
+def consumer_config(settings: Settings | None = None) -> dict[str, object]:
+    """What every consumer adds to ``bootstrap.servers``: a short fetch wait (latency),
+    then :func:`kafka_properties` (which may override it)."""
+    s = settings if settings is not None else Settings()
+    return {"fetch.wait.max.ms": s.fetch_wait_ms, **kafka_properties(s)}
+
+
+def producer_config(settings: Settings | None = None) -> dict[str, object]:
+    """What every producer adds to ``bootstrap.servers``: a short linger (small
+    batches, low latency), then :func:`kafka_properties`."""
+    s = settings if settings is not None else Settings()
+    return {"linger.ms": s.linger_ms, **kafka_properties(s)}
+
+
 def wait_until_ready(brokers: str, timeout_s: float = 15.0) -> None:
     """Block until the cluster answers a metadata request, or raise KafkaUnavailable."""
-    admin = AdminClient({"bootstrap.servers": brokers})
+    admin = AdminClient({"bootstrap.servers": brokers, **kafka_properties()})
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -56,7 +118,7 @@ def create_topics(
     ``cleanup.policy=compact`` (Apache Kafka honours it; the embedded broker
     keeps everything in memory and ignores it, which is harmless for a demo).
     """
-    admin = AdminClient({"bootstrap.servers": brokers})
+    admin = AdminClient({"bootstrap.servers": brokers, **kafka_properties()})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     compacted = set(compacted)
     new = [
@@ -89,7 +151,7 @@ def create_topics(
 
 
 def producer(brokers: str, **extra: object) -> Producer:
-    """An idempotence-free, low-latency producer (acks=all, small linger).
+    """An idempotence-free, low-latency producer (acks=all, ``linger_ms``).
 
     Idempotent producing needs producer ids that the embedded broker does not
     reliably support; duplicates are instead made harmless downstream by
@@ -98,8 +160,8 @@ def producer(brokers: str, **extra: object) -> Producer:
     conf: dict[str, object] = {
         "bootstrap.servers": brokers,
         "acks": "all",
-        "linger.ms": 5,
         "queue.buffering.max.messages": 200_000,
+        **producer_config(),
     }
     conf.update(extra)
     return Producer(conf)
@@ -109,6 +171,7 @@ def consumer(brokers: str, group_id: str, **extra: object) -> Consumer:
     """A consumer that commits only when told to (at-least-once)."""
     conf: dict[str, object] = {
         "bootstrap.servers": brokers,
+        **consumer_config(),
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,

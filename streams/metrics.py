@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, start_http_server
 
+from streams.contracts import EVENT_TYPES
+
 __all__ = [
     "OUTCOMES",
     "REVENUE",
@@ -21,6 +23,9 @@ __all__ = [
     "DUPLICATE_EVENTS",
     "UNKNOWN_ITEMS",
     "RANK_REQUESTS",
+    "EVENTS_BY_TYPE",
+    "EVENT_TRIGGERS",
+    "REQUEST_TRIGGERS",
     "serve",
     "init_labels",
 ]
@@ -40,6 +45,12 @@ UNKNOWN_ITEMS = Counter(
 RANK_REQUESTS = Counter(
     "streamrec_rank_requests_total", "Rank requests sent to the worker, by trigger", ["trigger"]
 )
+
+# The per-event counters, one child per label value made once: ``labels()`` costs
+# more than the rest of a counter increment, and these run for every event.
+EVENTS_BY_TYPE = {t: EVENTS.labels(t) for t in EVENT_TYPES}
+EVENT_TRIGGERS = RANK_REQUESTS.labels("event")
+REQUEST_TRIGGERS = RANK_REQUESTS.labels("request")
 
 OUTCOMES = Counter(
     "streamrec_attributed_outcomes_total",
@@ -71,8 +82,6 @@ def init_labels(input_topics: list[str], experiments: list[tuple[str, str]]) -> 
 
     ``experiments``: (experiment, variant) pairs from the experiments file.
     """
-    from streams.contracts import EVENT_TYPES
-
     for t in EVENT_TYPES:
         EVENTS.labels(t)
     for topic in input_topics:

@@ -46,6 +46,21 @@ class Settings(BaseSettings):
         description="worker consumer-group session timeout; the embedded broker's group "
         "join waits about half of it",
     )
+    fetch_wait_ms: int = Field(
+        10,
+        ge=0,
+        description="consumers' fetch.wait.max.ms: how long the broker holds a fetch when "
+        "there is no data; librdkafka's 500 costs about 128 ms a hop on the embedded broker",
+    )
+    linger_ms: float = Field(
+        1.0, ge=0, description="producers' linger.ms: how long a record waits to fill a batch"
+    )
+    kafka_properties: Path | None = Field(
+        None,
+        description="a librdkafka properties file (key=value lines: security.protocol, "
+        "sasl.*, ssl.*, ...) applied to every Kafka client; STREAMREC_KAFKA_<NAME> "
+        "variables (dots as underscores) override it",
+    )
 
     # --- data and model ---
     data: Path = Field(default_factory=default_data_dir, description="dataset folder")
@@ -66,6 +81,11 @@ class Settings(BaseSettings):
     candidates: int = Field(100, ge=1, description="candidates retrieved per request (M)")
     filter_seen: bool = Field(True, description="drop items the user already interacted with")
     k: int = Field(10, ge=1, description="list length when a request does not say")
+    trigger_on_events: bool = Field(
+        True,
+        description="every event asks for a fresh list; off = events only update state and "
+        "lists come from `recommendation-requests`",
+    )
     sequence_n: int = Field(
         50, ge=1, description="ordered items per user the sequence model reads (oldest dropped)"
     )
@@ -78,6 +98,12 @@ class Settings(BaseSettings):
         5, ge=1, description="previous distinct items of the user an event co-visits with"
     )
     covis_n: int = Field(50, ge=1, description="co-visitation neighbours kept per item")
+    signals_interval_s: float = Field(
+        0.5,
+        ge=0,
+        description="an item's `item-signals` row is published at most this often (its "
+        "latest state at the end of the interval); 0 = after every batch",
+    )
     covis_half_life_s: float = Field(
         30 * 24 * 3600.0, gt=0, description="half-life of co-visitation counts"
     )
@@ -95,6 +121,12 @@ class Settings(BaseSettings):
     # --- worker ---
     batch_size: int = Field(64, ge=1, description="max rank requests per inference batch")
     max_wait_ms: float = Field(20.0, ge=0, description="max wait to fill a batch")
+    latest_wins: bool = Field(
+        True,
+        description="of one user's event-triggered requests waiting together, rank only the "
+        "newest (counted in streamrec_worker_skipped_requests_total); explicit requests are "
+        "always answered",
+    )
     mmr_lambda: float = Field(0.7, ge=0, le=1, description="MMR relevance weight (1 = relevance)")
     lm_blend: float = Field(
         0.5, ge=0, le=1, description="weight of the LM history query vs the streamed embedding"

@@ -22,7 +22,10 @@ values decayed to the item's latest event time, to the ``item-signals`` topic
 (key = item_id, compacted, JSON)::
 
     {"item_id": "i9", "neighbours": [["i7", 2.5], ["i3", 1.0]],
-     "short": 3.2, "long": 41.0, "ts": 1732560000.25}
+     "short": 3.2, "long": 41.0, "ts": 1732560000.25, "records": 57}
+
+(``records``: the signal records the item's state has applied; one row may
+stand for all of an item's records of a Bytewax batch.)
 
 Readers keep the latest row per item in a :class:`SignalsTable`, which
 decays rows to the request's time and turns them into ``covis`` and
@@ -43,8 +46,7 @@ from functools import cached_property
 
 import numpy as np
 
-from streams.contracts import Candidate
-from streams.retrieval import merge
+from streams.retrieval import Candidate, merge
 from streams.settings import Settings
 
 __all__ = [
@@ -165,6 +167,10 @@ class SignalRow:
     short: float
     long: float
     ts: float
+    # Signal records the item's state has applied so far: a reader that knows how
+    # many records were produced can tell when its table has caught up, whatever
+    # rows the step coalesced.
+    records: int = 0
 
     def to_bytes(self) -> bytes:
         return json.dumps(
@@ -174,6 +180,7 @@ class SignalRow:
                 "short": self.short,
                 "long": self.long,
                 "ts": self.ts,
+                "records": self.records,
             }
         ).encode("utf-8")
 
@@ -187,6 +194,7 @@ class SignalRow:
             short=float(obj["short"]),
             long=float(obj["long"]),
             ts=float(obj["ts"]),
+            records=int(obj.get("records", 0)),
         )
 
 
@@ -200,9 +208,11 @@ class ItemSignals:
     neighbours: dict[str, float] = field(default_factory=dict)
     short: float = 0.0
     long: float = 0.0
+    records: int = 0
 
     def add(self, record: CoVisit | Hit, cfg: SignalsConfig) -> None:
         """Apply one record."""
+        self.records += 1
         ts = record.ts
         if self.ref_ts is None:
             self.ref_ts = self.last_ts = ts
@@ -237,13 +247,23 @@ class ItemSignals:
         dt = self.last_ts - self.ref_ts
         covis = 0.5 ** (dt / cfg.covis_half_life_s)
         # Rounded before ranking: two weights equal but for float noise tie on the id.
-        weights = ((k, round(v * covis, 6)) for k, v in self.neighbours.items())
+        keys = list(self.neighbours)
+        weights = np.round(np.fromiter(self.neighbours.values(), np.float64, len(keys)) * covis, 6)
+        if len(keys) > cfg.covis_n:
+            # Only weights at least the n-th largest can be published: rank just those.
+            floor = np.partition(weights, len(keys) - cfg.covis_n)[len(keys) - cfg.covis_n]
+            keep = np.flatnonzero(weights >= floor)
+        else:
+            keep = np.arange(len(keys))
+        top = zip(keep.tolist(), weights[keep].tolist(), strict=True)
+        pairs = [(keys[j], w) for j, w in top if w > 0]
         return SignalRow(
             item_id=item_id,
-            neighbours=tuple(_top(((k, w) for k, w in weights if w > 0), cfg.covis_n)),
+            neighbours=tuple(_top(pairs, cfg.covis_n)),
             short=round(self.short * 0.5 ** (dt / cfg.trend_half_life_s), 6),
             long=round(self.long * 0.5 ** (dt / cfg.trend_long_half_life_s), 6),
             ts=self.last_ts,
+            records=self.records,
         )
 
 
@@ -253,8 +273,14 @@ def _top(pairs: Iterable[tuple[str, float]], n: int) -> list[tuple[str, float]]:
 
 
 class SignalsStep:
-    """The ``item-signals`` step, keyed by item: ``(state, record) -> (state, row)``.
+    """The ``item-signals`` step, keyed by item: apply records, publish the item's row.
 
+    ``step(state, records) -> (state, row)`` applies every record of one key
+    and builds one row: the dataflow hands it all of a key's records of a
+    Bytewax batch at once (``op.stateful_batch``), and publishes an item at
+    most once per ``signals_interval_s`` (its latest row, at the end of the
+    interval), so a popular item is not re-published for every event, while
+    the last row is always the one publishing after every record gives.
     A plain callable class, so it is picklable and unit-tested without Bytewax.
     """
 
@@ -262,10 +288,17 @@ class SignalsStep:
         self.cfg = cfg
 
     def __call__(
-        self, state: ItemSignals | None, record: CoVisit | Hit
+        self, state: ItemSignals | None, records: Sequence[CoVisit | Hit]
     ) -> tuple[ItemSignals, SignalRow]:
-        state = self.update(state, record)
-        return state, state.row(record.key, self.cfg)
+        state = self.apply(state, records)
+        return state, state.row(records[-1].key, self.cfg)
+
+    def apply(self, state: ItemSignals | None, records: Sequence[CoVisit | Hit]) -> ItemSignals:
+        """Apply ``records`` (of one key) without building the row."""
+        state = state if state is not None else ItemSignals()
+        for record in records:
+            state.add(record, self.cfg)
+        return state
 
     def update(self, state: ItemSignals | None, record: CoVisit | Hit) -> ItemSignals:
         """Apply ``record`` without building the row (what :class:`SignalsFeed` batches)."""
@@ -295,7 +328,8 @@ class SignalsTable:
     def __init__(self, cfg: SignalsConfig) -> None:
         self.cfg = cfg
         self.rows: dict[str, SignalRow] = {}
-        self.applied = 0
+        self.applied = 0  # rows applied
+        self.records = 0  # signal records behind the latest rows (SignalRow.records)
         self._lock = threading.Lock()
         self._index: dict[str, int] = {}
         self._ids: list[str] = []
@@ -316,6 +350,8 @@ class SignalsTable:
     def apply(self, row: SignalRow) -> None:
         """Keep ``row`` as its item's latest."""
         with self._lock:
+            old = self.rows.get(row.item_id)
+            self.records += row.records - (old.records if old is not None else 0)
             self.rows[row.item_id] = row
             self.applied += 1
             i = self._index.get(row.item_id)
@@ -419,6 +455,25 @@ class SignalsView:
         :meth:`candidates`, ``popularity`` the long count decayed to the view's time."""
         return [self._features_of(i) for i in item_ids]
 
+    def arrays(
+        self, item_ids: Sequence[str], rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(covis, trend, popularity) of the items ``item_ids[row]`` for ``rows``, as
+        :meth:`features` gives them (rounded, 0 when unknown): the fusion ranker's
+        columns without a dict per candidate."""
+        n = len(rows)
+        names = [item_ids[r] for r in rows.tolist()]
+        covis = np.fromiter((self.covis.get(i, 0.0) for i in names), np.float64, n)
+        index = self.table._index
+        at = np.fromiter((index.get(i, -1) for i in names), np.int64, n)
+        known = (at >= 0) & (at < len(self.trend))
+        safe = np.where(known, at, 0)
+        trend = np.zeros(n) if not len(self.trend) else np.where(known, self.trend[safe], 0.0)
+        popularity = (
+            np.zeros(n) if not len(self.popularity) else np.where(known, self.popularity[safe], 0.0)
+        )
+        return tuple(np.maximum(np.round(a, 6), 0.0) for a in (covis, trend, popularity))
+
     def _features_of(self, item: str) -> dict[str, float]:
         i = self.table._index.get(item)
         found = {
@@ -455,7 +510,7 @@ class SignalsFeed:
         self.step = SignalsStep(cfg)
         self.table = SignalsTable(cfg)
         self.states: dict[str, ItemSignals] = {}
-        self.rows = 0  # rows the dataflow would have published
+        self.rows = 0  # signal records applied (SignalRow.records summed over items)
         self._dirty: dict[str, None] = {}
 
     def add(self, found: Iterable[CoVisit | Hit]) -> None:

@@ -210,7 +210,11 @@ def pipeline(
     workers: int = 1,
     **overrides: object,
 ):
-    """Run the real dataflow (N Bytewax processes) and M workers as children."""
+    """Run the real dataflow (N Bytewax processes) and M workers as children.
+
+    Every event-triggered request is ranked (``latest_wins`` off) unless a test
+    says otherwise: most tests count one list per event.
+    """
     from streamrec.cli import settings_env
     from streamrec.processes import ProcessGroup, streamrec_cmd
 
@@ -219,7 +223,7 @@ def pipeline(
         catalog=catalog,
         topic_prefix=topics.prefix,
         metrics_port=0,
-        **overrides,
+        **{"latest_wins": False, **overrides},
     )
     env = settings_env(s)
     with ProcessGroup(tmp_path / "logs") as procs:

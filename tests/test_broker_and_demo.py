@@ -84,9 +84,22 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path, generic_data):
     log = tmp_path / "demo.out"
     with open(log, "w") as out_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamrec", "demo", "--data", str(generic_data),
-             "--events", "40", "--cache-dir", str(tmp_path / "cache")],
-            stdout=out_file, stderr=subprocess.STDOUT, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "streamrec",
+                "demo",
+                "--data",
+                str(generic_data),
+                "--events",
+                "40",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ],
+            stdout=out_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         # Every process the demo ever started: broker, dataflow, worker.
         family = {proc.pid}

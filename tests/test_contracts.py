@@ -6,15 +6,17 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streams.contracts import (
-    Candidate,
     DeadLetter,
     Event,
     RankRequest,
     RecommendationRequest,
     Topics,
+    decode_vector,
+    encode_vector,
     parse_event,
     parse_rank_request,
     parse_recommendation_request,
@@ -287,11 +289,9 @@ def _rank_request() -> RankRequest:
         request_id="evt:e-1",
         user_id="u1",
         k=3,
-        candidates=[
-            Candidate(item_id="i1", score=0.9, source="ann"),
-            Candidate(item_id="i2", score=0.5, source="popular"),
-        ],
-        user_vector=[0.6, 0.8],
+        m=200,
+        user_vector=encode_vector(np.array([0.6, 0.8])),
+        counts={"i7": (2.0, 9.5)},
         recent_items=["i7"],
         trigger_event_id="e-1",
         arrival_ts=10.0,
@@ -303,15 +303,23 @@ def _rank_request() -> RankRequest:
 def test_rank_request_good_round_trip() -> None:
     req = _rank_request()
     assert parse_rank_request(req.to_bytes()) == req
+    np.testing.assert_array_equal(req.vector(), np.array([0.6, 0.8], dtype=np.float32))
+
+
+@pytest.mark.parametrize("text", ["not base64!", "AAA=", "AAAAAAA="])
+def test_a_vector_that_is_not_float32_base64_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        decode_vector(text)
 
 
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"candidates": ...}, "candidates: Field required"),
-        ({"candidates": [{"item_id": "i1", "source": "ann"}]}, "candidates.0.score"),
+        ({"arrival_ts": ...}, "arrival_ts: Field required"),
+        ({"counts": {"i1": [1.0]}}, "counts.i1"),
+        ({"m": -1}, "m: "),
         ({"k": "3"}, "k: "),
-        ({"user_vector": ["a"]}, "user_vector.0"),
+        ({"user_vector": [0.6, 0.8]}, "user_vector: "),
         ({"surprise": True}, "surprise: "),
     ],
 )

@@ -26,8 +26,13 @@ BAD = {
 def _valid(i: int, user: str) -> bytes:
     item = ["k0", "l1", "b2", "t3"][i % 4]
     return json.dumps(
-        {"event_id": f"ok-{i}", "type": "click", "user_id": user, "item_id": item,
-         "ts": 1_700_000_000 + i}
+        {
+            "event_id": f"ok-{i}",
+            "type": "click",
+            "user_id": user,
+            "item_id": item,
+            "ts": 1_700_000_000 + i,
+        }
     ).encode()
 
 

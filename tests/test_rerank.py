@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from model.rerank import MMR, RERANKERS, RelevanceOnly, Reranker, get_reranker
+from model.rerank import MMR, RERANKERS, PinnedMMR, RelevanceOnly, Reranker, get_reranker
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -289,3 +289,20 @@ def test_category_cap_and_calibration_spread_categories() -> None:
         scores, vectors, 6, 1.0, categories=cats, target_mix={"a": 1.0, "b": 1.0}
     )
     assert plain.tolist() == list(range(6))
+
+
+@pytest.mark.parametrize("reranker", [MMR(), PinnedMMR()], ids=["mmr", "mmr_pinned"])
+@pytest.mark.parametrize("trade_off", [0.05, 0.3, 0.7, 0.95, 1.0])
+def test_mmr_leaves_out_only_items_it_could_never_pick(reranker, trade_off: float) -> None:
+    """The pruned candidates (far below the k-th relevance) change no list: the same
+    lists as the greedy over every candidate, on wide and narrow score spreads."""
+    rng = np.random.default_rng(11)
+    for spread in (0.1, 1.0, 10.0):
+        for _ in range(20):
+            n = int(rng.integers(25, 300))
+            scores = rng.normal(scale=spread, size=n)
+            vectors = rng.normal(size=(n, 16))
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            reranker._categories, reranker._target_mix = [None] * n, {}
+            full = reranker._rerank(scores, vectors, 10, trade_off)
+            assert reranker.rerank(scores, vectors, 10, trade_off).tolist() == list(full)

@@ -1,5 +1,8 @@
 """Candidate retrieval: popularity for cold users, inner product for warm ones,
-the user's own repeat items, and their merge."""
+the user's own repeat items, and their merge.
+
+Requests are built by the dataflow's own ``UserStep`` from a user state, so
+these tests cover the path from state to candidates as the pipeline runs it."""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ import numpy as np
 import pytest
 
 from streams.catalog import Catalog
-from streams.contracts import Candidate
-from streams.retrieval import candidates, merge, repeat, retrieve
+from streams.dataflow import UserStep
+from streams.retrieval import Candidate, merge
+from streams.retrieval import retrieve as retrieve_batch
+from streams.settings import Settings
 from streams.state import UserState
 
 ITEMS = ["i0", "i1", "i2", "i3", "i4", "i5"]
@@ -32,10 +37,51 @@ def catalog() -> Catalog:
     return Catalog(ITEMS, ITEMS, [None] * 6, vectors, np.array(POPULARITY))
 
 
+def candidates(
+    state: UserState, catalog: Catalog, m: int, filter_seen: bool, repeat_n: int
+) -> list[Candidate]:
+    """The merged candidates of the request the dataflow builds for ``state``."""
+    step = UserStep(catalog, Settings(filter_seen=filter_seen))
+    request = step.rank_request(state, "u", "r", "r", None, None, 0.0)
+    request = request.model_copy(update={"m": m})
+    (found,) = retrieve_batch(catalog, [request], repeat_n)
+    return [
+        Candidate(
+            catalog.item_ids[row],
+            float(score),
+            source,
+            {"repeat_count": float(n), "repeat_age_s": float(age)} if n > 0 else {},
+        )
+        for row, score, source, n, age in zip(
+            found.rows.tolist(),
+            found.scores.tolist(),
+            found.sources,
+            found.repeat_count.tolist(),
+            found.repeat_age_s.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def retrieve(state: UserState, catalog: Catalog, m: int, filter_seen: bool) -> list[Candidate]:
+    """The ann (or popular) candidates alone."""
+    return candidates(state, catalog, m, filter_seen, repeat_n=0)
+
+
+def repeat(state: UserState, catalog: Catalog, n: int) -> list[Candidate]:
+    """The repeat candidates alone (no ann/popular ones, repeats allowed)."""
+    return [c for c in candidates(state, catalog, 0, False, n) if c.source == "repeat"]
+
+
+def _seen(items) -> OrderedDict:
+    """Counts for ``items`` (the seen set is the key set of the counts)."""
+    return OrderedDict((i, (1.0, 0.0)) for i in items)
+
+
 def _warm(vector: list[float], seen: list[str] = ()) -> UserState:
     return UserState(
         embedding=np.asarray(vector, dtype=np.float32),
-        seen=OrderedDict.fromkeys(seen),
+        counts=_seen(seen),
     )
 
 
@@ -54,7 +100,7 @@ def test_cold_user_gets_most_popular_first_ties_in_catalog_order(catalog) -> Non
 
 
 def test_cold_user_with_seen_items(catalog) -> None:
-    state = UserState(seen=OrderedDict.fromkeys(["i1", "i2"]))
+    state = UserState(counts=_seen(["i1", "i2"]))
     assert [c.item_id for c in retrieve(state, catalog, 3, filter_seen=True)] == [
         "i3",
         "i5",
@@ -111,7 +157,7 @@ def test_seen_items_kept_when_filter_off(catalog) -> None:
 @pytest.mark.parametrize("state", [UserState(), _warm([0, 1, 0])], ids=["cold", "warm"])
 @pytest.mark.parametrize("m", [1, 3, 5])
 def test_exactly_m_when_catalog_is_big_enough(catalog, state, m: int) -> None:
-    state.seen = OrderedDict.fromkeys(["i0"])
+    state.counts = _seen(["i0"])
     out = retrieve(state, catalog, m, filter_seen=True)
     assert len(out) == m
     assert len({c.item_id for c in out}) == m
@@ -120,7 +166,7 @@ def test_exactly_m_when_catalog_is_big_enough(catalog, state, m: int) -> None:
 @pytest.mark.parametrize("state", [UserState(), _warm([0, 1, 0])], ids=["cold", "warm"])
 def test_fewer_when_catalog_is_too_small(catalog, state) -> None:
     assert len(retrieve(state, catalog, 10, filter_seen=True)) == 6
-    state.seen = OrderedDict.fromkeys(["i0", "i4", "not-in-catalog"])
+    state.counts = _seen(["i0", "i4", "not-in-catalog"])
     out = retrieve(state, catalog, 10, filter_seen=True)
     assert sorted(c.item_id for c in out) == ["i1", "i2", "i3", "i5"]
 
@@ -128,7 +174,6 @@ def test_fewer_when_catalog_is_too_small(catalog, state) -> None:
 def _with_counts(counts: dict[str, tuple[float, float]], vector=None) -> UserState:
     state = UserState(
         embedding=None if vector is None else np.asarray(vector, dtype=np.float32),
-        seen=OrderedDict.fromkeys(counts),
         counts=OrderedDict(counts),
     )
     state.last_ts = max(ts for _, ts in counts.values())

@@ -17,8 +17,14 @@ def _run(tmp_path, broker, catalog_path, records, n, processes: int, workers: in
 
     topics = Topics(f"s{uuid.uuid4().hex[:8]}-")
     broker.create_topics(topics)
-    with pipeline(tmp_path / f"p{processes}", broker, topics, catalog_path,
-                  dataflow_processes=processes, workers=workers) as procs:
+    with pipeline(
+        tmp_path / f"p{processes}",
+        broker,
+        topics,
+        catalog_path,
+        dataflow_processes=processes,
+        workers=workers,
+    ) as procs:
         produce_all(broker.bootstrap, topics.events, records)
         got = collect(
             broker.bootstrap,

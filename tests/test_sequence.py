@@ -18,7 +18,7 @@ from model.sequence import (
     train_sequence_model,
 )
 from streams.catalog import Catalog
-from streams.contracts import Candidate, RankRequest
+from streams.contracts import RankRequest, encode_vector
 
 N_ITEMS = 12
 
@@ -102,19 +102,16 @@ def _catalog() -> Catalog:
 
 
 def _request(**kw) -> RankRequest:
+    # Retrieval finds i1 (the user vector is i1's own, m = 1) and the repeat
+    # candidate i7 (bought three times, a day before the user's last event).
     base = dict(
         request_id="r1",
         user_id="u1",
         k=5,
-        candidates=[
-            Candidate(item_id="i1", score=0.5, source="ann"),
-            Candidate(
-                item_id="i7",
-                score=0.0,
-                source="repeat",
-                features={"repeat_count": 3.0, "repeat_age_s": 86400.0},
-            ),
-        ],
+        m=1,
+        user_vector=encode_vector(_catalog().vectors[1]),
+        counts={"i7": (3.0, 7200.0 - 86400.0)},
+        last_ts=7200.0,
         sequence=["i3", "i4", "i5"],
         sequence_ts=[0.0, 3600.0, 7200.0],
         recent_items=["i5", "i4", "i3"],
@@ -169,3 +166,15 @@ def test_requests_with_the_seen_filter_use_the_masked_weights(trained) -> None:
     scorer.set_weights({"bias": 1.0, "weights": {}, "filter_seen": True})
     assert scorer.weights["masked"] == {"bias": 1.0, "weights": {}}
     assert scorer.weights["weights"] == {"repeat_count": 1.0}
+
+
+def test_candidate_ranks_match_a_stable_descending_argsort() -> None:
+    from model.fusion import _ranks
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 30, size=400).astype(np.float32)  # many ties
+    order = np.argsort(-values, kind="stable")
+    expected = np.empty(len(values), dtype=np.float32)
+    expected[order] = np.arange(len(values))
+    at = rng.integers(0, len(values), size=120)
+    np.testing.assert_array_equal(_ranks(values, np.sort(values), at), expected[at])

@@ -99,10 +99,8 @@ def test_rank_request_carries_the_sequence_and_repeat_candidates(step) -> None:
         state, outputs = step.apply(state, _event(f"e{i}", item, float(i)))
     (request,) = [o for o in outputs if isinstance(o, RankRequest)]
     assert request.sequence == ["a", "b", "a"] and request.sequence_ts == [0.0, 2.0, 3.0]
-    by_item = {c.item_id: c for c in request.candidates}
-    assert "repeat" in by_item["a"].source.split("+") and "repeat" in by_item["b"].source
-    assert by_item["a"].features == {"repeat_count": 2.0, "repeat_age_s": 0.0}
-    assert by_item["b"].features == {"repeat_count": 2.0, "repeat_age_s": 1.0}
+    # The worker's retrieval makes the repeat candidates and features from these.
+    assert request.counts == {"a": (2.0, 3.0), "b": (2.0, 2.0)} and request.last_ts == 3.0
 
 
 # --- the item-signals step ---
@@ -112,7 +110,7 @@ def _run(found: list, cfg: SignalsConfig = CFG) -> dict[str, SignalRow]:
     """Every record through SignalsStep; the latest row per item."""
     step, states, rows = SignalsStep(cfg), {}, {}
     for record in found:
-        states[record.key], rows[record.key] = step(states.get(record.key), record)
+        states[record.key], rows[record.key] = step(states.get(record.key), [record])
     return rows
 
 
@@ -157,11 +155,11 @@ def test_neighbours_are_bounded_and_the_row_holds_the_top_n() -> None:
     depth = _BUFFER * CFG.covis_n
     state = None
     for i in range(2 * depth + 1):
-        state, row = step(state, CoVisit("a", f"n{i:02d}", 1.0 + i, 0.0))
+        state, row = step(state, [CoVisit("a", f"n{i:02d}", 1.0 + i, 0.0)])
         assert len(state.neighbours) <= 2 * depth
     assert sorted(state.neighbours) == [f"n{i:02d}" for i in range(depth + 1, 2 * depth + 1)]
     assert row.neighbours == (("n24", 25.0), ("n23", 24.0), ("n22", 23.0))
-    state, row = step(state, CoVisit("a", "n00", 1.0, 0.0))
+    state, row = step(state, [CoVisit("a", "n00", 1.0, 0.0)])
     assert len(row.neighbours) == 3
 
 
@@ -187,11 +185,11 @@ def test_state_step_and_table_pickle_and_go_on_identically() -> None:
     step = SignalsStep(CFG)
     state = None
     for r in found:
-        state, _ = step(state, r)
+        state, _ = step(state, [r])
     step2 = pickle.loads(pickle.dumps(step))
     state2 = pickle.loads(pickle.dumps(state))
     nxt = CoVisit("a", "b", 1.0, 50.0)
-    assert step(state, nxt)[1] == step2(state2, nxt)[1]
+    assert step(state, [nxt])[1] == step2(state2, [nxt])[1]
 
     table = SignalsTable(CFG)
     table.apply(_run(found)["a"])
@@ -203,7 +201,14 @@ def test_state_step_and_table_pickle_and_go_on_identically() -> None:
 def test_row_round_trips_through_json() -> None:
     row = _run([CoVisit("a", "b", 1.0, 0.0), Hit("a", 5.0)])["a"]
     assert SignalRow.from_json(row.to_bytes()) == row
-    assert set(json.loads(row.to_bytes())) == {"item_id", "neighbours", "short", "long", "ts"}
+    assert set(json.loads(row.to_bytes())) == {
+        "item_id",
+        "neighbours",
+        "short",
+        "long",
+        "ts",
+        "records",
+    }
 
 
 def test_feed_fills_the_table_as_applying_every_row_would() -> None:
@@ -334,6 +339,7 @@ def _comparable(row: SignalRow, approx: bool = False) -> dict:
         "short": num(row.short),
         "long": num(row.long),
         "ts": row.ts,
+        "records": row.records,
     }
 
 
@@ -372,7 +378,23 @@ def _pipeline_rows(tmp_path, broker, catalog_path, events, expected, kill_at: in
             procs.children["dataflow"].wait()
             procs.start("dataflow", cmd, env)
             produce(events[cut:], len(events))
-        return _latest_rows(broker.bootstrap, topics.item_signals, expected, procs)
+        latest, read = _latest_rows(broker.bootstrap, topics.item_signals, expected, procs)
+        return latest, read, _count_records(broker.bootstrap, topics.rank_requests)
+
+
+def _count_records(brokers: str, topic: str) -> int:
+    """Every record on ``topic`` (duplicates included), read until it stops growing."""
+    from streams.kafka import TopicFollower
+
+    follower = TopicFollower(brokers, [topic])
+    total, quiet = 0, 0
+    try:
+        while quiet < 5:
+            got = len(follower.poll(500, 0.2))
+            total, quiet = total + got, 0 if got else quiet + 1
+    finally:
+        follower.close()
+    return total
 
 
 CUT = 30  # of 60 events
@@ -399,22 +421,21 @@ def test_dataflow_rows_equal_in_process_and_survive_a_killed_dataflow(
     step = UserStep(Catalog.load(catalog_path), settings)
     feed = SignalsFeed(SignalsConfig.from_settings(settings))
     states: dict = {}
-    for i, e in enumerate(events):
+    for e in events:
         states[e.user_id], outputs = step.apply(states.get(e.user_id), Trigger(e, e.ts))
         feed.add(_signal(outputs))
-        if i + 1 == CUT:
-            rows_before_cut = feed.rows
     expected = {item: _comparable(row, approx=True) for item, row in feed.flush().rows.items()}
     assert any(len(r["neighbours"]) > 1 for r in expected.values())
 
-    uninterrupted, read = _pipeline_rows(tmp_path, broker, catalog_path, events, expected, None)
+    uninterrupted, read, _ = _pipeline_rows(tmp_path, broker, catalog_path, events, expected, None)
+    # Equal rows, each counting exactly its item's records: none lost, none twice.
     assert uninterrupted == expected
-    assert read == feed.rows  # one row per record
-    restarted, read = _pipeline_rows(tmp_path, broker, catalog_path, events, expected, CUT)
+    assert 0 < read <= feed.rows  # rows coalesce: at most one per record
+    restarted, _, requests = _pipeline_rows(tmp_path, broker, catalog_path, events, expected, CUT)
     assert restarted == expected
-    # It resumed from its snapshot: a dataflow that started over would have
-    # published the first part's rows again (and ended equal all the same).
-    assert feed.rows <= read < feed.rows + rows_before_cut
+    # It resumed from its snapshot: a dataflow that started over would have sent
+    # the first part's rank requests again (and ended equal all the same).
+    assert len(events) <= requests < len(events) + CUT
 
 
 # --- the worker's followers ---
@@ -459,3 +480,20 @@ def test_the_worker_follows_item_signals_and_fusion_weights_onto_its_ranker(brok
     assert worker.signals.rows == {r.item_id: r for r in rows}
     assert ranker.fusion_weights == worker.fusion_weights == weights[-1]
     assert SIGNAL_ROWS._value.get() - before == 3
+
+
+def test_one_row_per_batch_equals_the_last_of_one_row_per_record() -> None:
+    """The dataflow hands a key all its records of a batch: one row, the same one
+    that publishing after every record would have ended on, and it counts them."""
+    found = [
+        CoVisit("a", d, w, t) for d, w, t in [("b", 1.0, 0.0), ("c", 0.5, 50.0), ("b", 1.0, 90.0)]
+    ]
+    found += [Hit("a", 95.0)]
+    one_by_one = _run(found)["a"]
+    _, batched = SignalsStep(CFG)(None, found)
+    assert batched == one_by_one and batched.records == 4
+    table = SignalsTable(CFG)
+    table.apply(batched)
+    table.apply(SignalRow("z", (), 1.0, 1.0, 1.0, records=3))
+    table.apply(SignalRow("z", (), 1.0, 1.0, 2.0, records=5))
+    assert table.records == 9 and table.applied == 3

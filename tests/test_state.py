@@ -11,7 +11,7 @@ import pytest
 from streams.catalog import Catalog
 from streams.contracts import Event
 from streams.settings import DEFAULT_EVENT_WEIGHTS
-from streams.state import StateConfig, UserState, update_state
+from streams.state import StateConfig, UserState, event_hash, restore, update_state
 
 HALF_LIFE = 1000.0
 ITEMS = ["a", "b", "c", "d"]
@@ -55,6 +55,8 @@ def _fields(state: UserState) -> dict:
         "embedding": None if state.embedding is None else state.embedding.tolist(),
         "last_ts": state.last_ts,
         "recent": list(state.recent),
+        "recent_events": list(state.recent_events),
+        "sessions": state.sessions,
         "seen": list(state.seen),
         "categories": dict(state.categories),
         "event_ids": list(state.event_ids),
@@ -139,7 +141,7 @@ def test_dedup_window_is_bounded(catalog) -> None:
     cfg = StateConfig(half_life_s=HALF_LIFE, event_weights={}, dedup_window=3)
     state = UserState()
     _apply(state, catalog, cfg, *(_event(f"e{i}", "a", float(i)) for i in range(4)))
-    assert list(state.event_ids) == ["e1", "e2", "e3"]
+    assert list(state.event_ids) == [event_hash(f"e{i}") for i in (1, 2, 3)]
     assert update_state(state, _event("e3", "a", 9.0), catalog, cfg) is False
     assert update_state(state, _event("e0", "a", 9.0), catalog, cfg) is True
 
@@ -226,12 +228,37 @@ def test_state_pickles(catalog, cfg) -> None:
         _event("e2", "zzz", 50.0),
         _event("e3", "c", 100.0, "view"),
     )
-    restored = pickle.loads(pickle.dumps(state))
+    restored = restore(pickle.loads(pickle.dumps(state)), catalog, cfg)
     assert _fields(restored) == _fields(state)
     assert restored.embedding.dtype == np.float32
     # The restored state keeps deduplicating and updates exactly like the original.
     assert update_state(restored, _event("e2", "zzz", 50.0), catalog, cfg) is False
     nxt = _event("e4", "b", 900.0)
+    update_state(state, nxt, catalog, cfg)
+    update_state(restored, nxt, catalog, cfg)
+    assert _fields(restored) == _fields(state)
+
+
+@pytest.mark.parametrize("n_events", [3, 20, 21, 60], ids=["light", "full-log", "over", "heavy"])
+def test_a_state_pickles_small_and_restores_bit_for_bit(catalog, n_events: int) -> None:
+    """Light states (every event still in ``recent``) pickle as their events and are
+    replayed on use; heavier ones pickle every field packed. Both restore exactly."""
+    cfg = StateConfig(half_life_s=HALF_LIFE, event_weights=dict(DEFAULT_EVENT_WEIGHTS))
+    kinds = ["view", "click", "purchase", "add_to_cart"]
+    events = [
+        _event(f"e{i}", ["a", "b", "c", "d", "zzz"][i % 5], 37.5 * i - 3.0 * (i % 3), kinds[i % 4])
+        for i in range(n_events)
+    ]
+    state = _apply(UserState(), catalog, cfg, *events)
+    raw = pickle.dumps(state)
+    restored = restore(pickle.loads(raw), catalog, cfg)
+    assert _fields(restored) == _fields(state)
+    assert restored.unit_embedding().tobytes() == state.unit_embedding().tobytes()
+    if n_events <= cfg.recent_n:
+        assert len(raw) < 200 + 20 * n_events  # its events, no vector of floats
+    # It goes on exactly like the original, duplicates included.
+    assert update_state(restored, events[-1], catalog, cfg) is False
+    nxt = _event("next", "b", 99_999.0)
     update_state(state, nxt, catalog, cfg)
     update_state(restored, nxt, catalog, cfg)
     assert _fields(restored) == _fields(state)

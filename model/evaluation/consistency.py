@@ -19,12 +19,12 @@
 Waiting for the signals. The worker applies ``item-signals`` rows on a
 follower thread, apart from ranking. The embedded broker's high watermarks
 are not reliable, so the wait counts records instead: step 1 knows how many
-rows the events make (one per co-visit or hit record), and the runner reads
-the worker's ``streamrec_worker_signal_rows_total`` on its ``/metrics`` until
-it reaches that number. Only then do the explicit requests go out, so their
-lists see exactly the in-process table. (A dataflow restarted mid-run would
-publish some rows twice and end the wait early; the runner starts its own
-processes and restarts none.)
+signal records the events make (one per co-visit or hit), every row carries
+how many records its item has applied (the dataflow coalesces one item's
+records of a batch into one row), and the runner reads the worker's
+``streamrec_worker_signal_records`` (the sum over its latest rows) on its
+``/metrics`` until it reaches that number. Only then do the explicit
+requests go out, so their lists see exactly the in-process table.
 
 Event-triggered lists are ranked whenever the worker gets to them, with the
 rows its follower has applied by then (usually nearly all: applying a row is
@@ -221,7 +221,8 @@ def in_process_lists(
 
 
 def _signal_rows_applied(port: int) -> float:
-    """The worker's ``streamrec_worker_signal_rows_total`` (0 until /metrics answers)."""
+    """The worker's ``streamrec_worker_signal_records``: the signal records behind
+    the rows it applied (0 until /metrics answers)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
@@ -231,7 +232,7 @@ def _signal_rows_applied(port: int) -> float:
         return 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "streamrec_worker_signal_rows_total":
+            if sample.name == "streamrec_worker_signal_records":
                 return float(sample.value)
     return 0.0
 
@@ -261,7 +262,8 @@ def pipeline_lists(
     from streams.replay import replay
 
     topics = Topics(settings.topic_prefix)
-    env = settings_env(settings)
+    # Every event's list is compared, so none may be skipped for a newer one.
+    env = settings_env(settings.model_copy(update={"latest_wins": False}))
     port = free_port()
     lists: dict[str, Ranked] = {}
     with ProcessGroup(log_dir) as procs:
@@ -319,7 +321,8 @@ def pipeline_lists(
 def _wait_signal_rows(
     port: int, rows: int, procs: ProcessGroup, idle_timeout_s: float, log_dir: Path
 ) -> None:
-    """Until the worker has applied ``rows`` item-signals rows (see the module docstring)."""
+    """Until the rows the worker applied account for ``rows`` signal records (the
+    dataflow coalesces a batch's records of one item into one row)."""
     applied, last = -1.0, time.monotonic()
     while True:
         procs.check()

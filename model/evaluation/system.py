@@ -18,12 +18,11 @@ The protocol decides two things the product does not know about:
   = ``filter_seen=True``, which removes what the user interacted with (the
   fed history) from the candidates.
 - The candidate universe (P1: the items left after filtering; P2: items sold
-  before the basket). Retrieved candidates outside it, and any item of the
-  protocol's ``exclude`` (the history again, should the product's bounded seen
-  set have forgotten some), are dropped from the request before ranking, so
-  a list can be shorter than ``k`` when few retrieved items remain. Both also
-  go into the request's ``exclude``, which candidate sources the ranker adds
-  itself (sequence model, co-visitation, trending) skip. For P1
+  before the basket). Items outside it, and any item of the protocol's
+  ``exclude`` (the history again, should the product's bounded seen set have
+  forgotten some), go into the request's ``exclude``, which retrieval and
+  every other candidate source of the ranker (sequence model, co-visitation,
+  trending) skip. For P1
   build the catalog over the universe (:func:`universe_catalog`): retrieval
   then ranks exactly the protocol's candidates, as the baselines do.
 
@@ -194,12 +193,13 @@ class StreamrecSystem(Recommender):
         """
         universe = np.ones(self.n_items, dtype=bool) if candidates is None else candidates
         step = self._ask[exclude is not None]
+        # Outside: universe items the mask leaves out, and catalog items the protocol
+        # does not know at all (a catalog wider than the split).
+        code = self._code
         outside = [self.item_ids[c] for c in np.flatnonzero(~universe).tolist()]
+        outside += [i for i in self.catalog.item_ids if i not in code]
         out = []
         for row, user in enumerate(np.asarray(users).tolist()):
-            allowed = universe.copy()
-            if exclude is not None:
-                allowed[exclude[row]] = False
             user_id = self.user_ids[user]
             state = self.state(user_id)
             request = step.rank_request(
@@ -211,15 +211,15 @@ class StreamrecSystem(Recommender):
                 trigger_event_id=None,
                 arrival_ts=state.last_ts or 0.0,
             )
-            code = self._code
-            keep = [c for c in request.candidates if c.item_id in code and allowed[code[c.item_id]]]
             masked = (
                 []
                 if exclude is None
                 else [self.item_ids[c] for c in np.asarray(exclude[row]).tolist()]
             )
+            # Retrieval and every source of the worker skip `exclude`, so the masked
+            # and outside items never become candidates.
             drop = list(dict.fromkeys([*request.exclude, *masked, *outside]))
-            out.append(request.model_copy(update={"candidates": keep, "exclude": drop}))
+            out.append(request.model_copy(update={"exclude": drop}))
         return out
 
     def codes(self, ranked: Sequence[tuple[str, float]]) -> np.ndarray:
