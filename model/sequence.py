@@ -131,15 +131,15 @@ class SeqRec(nn.Module):
         """(n_items, dim): every item's representation (input and output side)."""
         return self.content(self.lm) + self.ids.weight[1:]
 
-    def forward(
-        self, tokens: torch.Tensor, gaps: torch.Tensor, table: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Hidden state per position, (B, L, dim); ``tokens`` are left-padded with 0.
-        ``table``: the item table when the caller has it (serving caches it)."""
+    def _inputs(
+        self, tokens: torch.Tensor, gaps: torch.Tensor, table: torch.Tensor | None, start: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedded inputs, additive attention mask per head) for ``tokens``, whose
+        first column is position ``start`` of the full window."""
         table = self.item_table() if table is None else table
         padded = torch.cat([table.new_zeros(1, table.shape[1]), table])
         length = tokens.shape[1]
-        pos = torch.arange(length, device=tokens.device)
+        pos = torch.arange(start, start + length, device=tokens.device)
         x = padded[tokens] * math.sqrt(self.cfg.dim) + self.pos(pos)[None] + self.gap(gaps)
         x = self.drop(x)
         # Position t sees the real items at positions <= t, and itself: a padding
@@ -150,14 +150,42 @@ class SeqRec(nn.Module):
         allowed = causal[None] & ((tokens != 0)[:, None, :] | eye[None])
         mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(~allowed, float("-inf"))
-        mask = mask.repeat_interleave(self.cfg.heads, dim=0)
+        return x, mask.repeat_interleave(self.cfg.heads, dim=0)
+
+    def forward(
+        self, tokens: torch.Tensor, gaps: torch.Tensor, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Hidden state per position, (B, L, dim); ``tokens`` are left-padded with 0.
+        ``table``: the item table when the caller has it (serving caches it)."""
+        x, mask = self._inputs(tokens, gaps, table, 0)
         return self.norm(self.blocks(x, mask=mask))
 
     def user(
-        self, tokens: torch.Tensor, gaps: torch.Tensor, table: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        gaps: torch.Tensor,
+        table: torch.Tensor | None = None,
+        start: int = 0,
     ) -> torch.Tensor:
-        """(B, dim): the state after each sequence's last (right-most) item."""
-        return self.forward(tokens, gaps, table)[:, -1]
+        """(B, dim): the state after each sequence's last (right-most) item.
+
+        Serving needs only the last position: every layer but the last runs
+        over the window (their outputs are the last layer's keys and values),
+        the last one for the final position alone, which is most of the work
+        of that layer saved. ``start``: the window position of the first
+        column, when leading columns that are padding in every row were cut.
+        """
+        x, mask = self._inputs(tokens, gaps, table, start)
+        layers = self.blocks.layers
+        for layer in layers[:-1]:
+            x = layer(x, src_mask=mask)
+        last = layers[-1]
+        assert last.norm_first, "the serving path follows the pre-norm layer"
+        h = last.norm1(x)
+        attended = last.self_attn(h[:, -1:], h, h, attn_mask=mask[:, -1:], need_weights=False)[0]
+        y = x[:, -1:] + last.dropout1(attended)
+        y = y + last._ff_block(last.norm2(y))
+        return self.norm(y)[:, 0]
 
 
 def _window(items: np.ndarray, ts: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -342,10 +370,14 @@ class SequenceModel:
             )
         if not windows:
             return np.zeros((0, len(self.item_ids)), dtype=np.float32)
-        tokens = torch.as_tensor(np.stack([w[0] for w in windows]), device=self.device)
-        gaps = torch.as_tensor(np.stack([w[1] for w in windows]), device=self.device)
+        tokens_np = np.stack([w[0] for w in windows])
+        # Columns that are padding in every row change nothing: cut them.
+        used = np.flatnonzero(tokens_np.any(axis=0))
+        start = int(used[0]) if len(used) else self.max_len - 1
+        tokens = torch.as_tensor(tokens_np[:, start:], device=self.device)
+        gaps = torch.as_tensor(np.stack([w[1] for w in windows])[:, start:], device=self.device)
         with _autocast(self.device):
-            logits = (self.model.user(tokens, gaps, self._table) @ self._table.T).float()
+            logits = (self.model.user(tokens, gaps, self._table, start) @ self._table.T).float()
         return torch.log_softmax(logits, dim=1).cpu().numpy()
 
 

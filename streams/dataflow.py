@@ -56,6 +56,7 @@ from bytewax.operators import StatefulBatchLogic
 from streams import metrics
 from streams.attribution import ListReward, attribute, claim_early, show
 from streams.bandit import DiversityPolicy, context_vector, new_policy, segment_of
+from streams.bandit.context import Buckets, buckets
 from streams.catalog import Catalog, CatalogNotFound
 from streams.contracts import (
     DeadLetter,
@@ -240,7 +241,8 @@ class UserStep:
         cost as much as the rest of the step.
         """
         s = self.settings
-        policy, experiment, m = self._policy_for(user_id, state)
+        found = buckets(state, self.policy.bandit)
+        policy, experiment, m = self._policy_for(user_id, state, found)
         vector = state.unit_embedding()
         return RankRequest.model_construct(
             request_id=request_id,
@@ -266,12 +268,14 @@ class UserStep:
             created_ts=time.time(),
             experiment=experiment,
             policy=policy,
-            context=context_vector(state, self.policy.bandit),
+            context=context_vector(state, self.policy.bandit, found),
         )
 
-    def _policy_for(self, user_id: str, state: UserState) -> tuple[dict, dict, int | None]:
+    def _policy_for(
+        self, user_id: str, state: UserState, found: Buckets
+    ) -> tuple[dict, dict, int | None]:
         """(policy stamp, experiment stamp, candidate count) for the user's variant."""
-        segment = segment_of(state, self.policy.bandit)
+        segment = segment_of(state, self.policy.bandit, found)
         assigned = assign(self.policy, user_id)
         if assigned is None:
             return (

@@ -34,6 +34,7 @@ floats) when the state is next used with its catalog (:func:`restore`).
 from __future__ import annotations
 
 import hashlib
+import heapq
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import KeysView
@@ -112,8 +113,10 @@ class UserState:
 
     def category_mix(self, top: int = 20) -> dict[str, float]:
         """The ``top`` heaviest categories with their decayed weights (bounded for the wire)."""
-        heaviest = sorted(self.categories.items(), key=lambda kv: -kv[1])[:top]
-        return {c: round(w, 6) for c, w in heaviest if w > 0}
+        items = self.categories.items()
+        heaviest = heapq.nlargest(top, items, key=lambda kv: kv[1]) if len(items) > top else items
+        ordered = sorted(heaviest, key=lambda kv: -kv[1])
+        return {c: round(w, 6) for c, w in ordered if w > 0}
 
     def recent_items(self) -> list[str]:
         """Recent distinct items, most recent first."""
@@ -235,8 +238,10 @@ def _apply(
         state.sessions += 1
     decay = _decay(state, ts, cfg.half_life_s)
     weight = cfg.event_weights.get(kind, 1.0)
-    # The category mix decays on the same clock as the embedding, whatever the item.
-    state.categories = {c: w * decay for c, w in state.categories.items()}
+    # The category mix decays on the same clock as the embedding, whatever the item
+    # (not at all for the lines of one basket, which share a time).
+    if decay != 1.0:
+        state.categories = {c: w * decay for c, w in state.categories.items()}
     row = catalog.row.get(item)
     if row is not None:
         vec = catalog.vectors[row]

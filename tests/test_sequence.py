@@ -178,3 +178,25 @@ def test_candidate_ranks_match_a_stable_descending_argsort() -> None:
     expected[order] = np.arange(len(values))
     at = rng.integers(0, len(values), size=120)
     np.testing.assert_array_equal(_ranks(values, np.sort(values), at), expected[at])
+
+
+def test_the_serving_path_equals_the_full_forward_at_the_last_position(trained) -> None:
+    """Last layer for the last position only, shared left padding cut: the same
+    state as the whole window through every layer."""
+    import torch
+
+    model, _ = trained
+    net = model.model
+    rng = np.random.default_rng(3)
+    tokens = np.zeros((6, net.cfg.max_len), dtype=np.int64)
+    for row, n in enumerate([0, 1, 3, 5, 7, 2]):
+        if n:
+            tokens[row, -n:] = rng.integers(1, len(model.item_ids) + 1, size=n)
+    gaps = rng.integers(0, 3, size=tokens.shape)
+    with torch.no_grad():
+        full = net.forward(torch.as_tensor(tokens), torch.as_tensor(gaps))[:, -1]
+        start = net.cfg.max_len - 7
+        cut = net.user(
+            torch.as_tensor(tokens[:, start:]), torch.as_tensor(gaps[:, start:]), start=start
+        )
+    np.testing.assert_allclose(cut.numpy(), full.numpy(), rtol=1e-4, atol=1e-5)
