@@ -97,6 +97,8 @@ SIGNAL_RECORDS = Gauge(
 
 # With a backlog, the worker reads up to this many batches ahead (latest-wins, full batches).
 _LOOKAHEAD = 4
+# How long an idle worker waits for a request before it checks whether to stop.
+_IDLE_POLL_S = 0.2
 
 #: (topic, value, key, headers) of a record to produce.
 Produced = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
@@ -474,7 +476,11 @@ class Worker:
         log.info("worker consuming %s", self.topics.rank_requests)
         try:
             while not self._stop.is_set():
-                batch = cons.consume(s.batch_size, timeout=s.max_wait_ms / 1000.0)
+                # Wait for the first request, then for at most max_wait_ms more: a
+                # lone request is ranked at once instead of waiting for a full batch.
+                batch = cons.consume(1, timeout=_IDLE_POLL_S)
+                if batch:
+                    batch += cons.consume(s.batch_size - 1, timeout=s.max_wait_ms / 1000.0)
                 if len(batch) == s.batch_size:
                     # A backlog: take what is already here too (no wait), so latest-wins
                     # sees a user's newer requests and the batches stay full.

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
+from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
@@ -84,6 +84,7 @@ from streams.signals import (
     SignalsStep,
     records,
 )
+from streams.source import NonBlockingKafkaSource
 from streams.state import StateConfig, UserState, restore, update_state
 
 __all__ = ["build_flow", "UserStep", "BanditStep", "Trigger", "Shown"]
@@ -451,7 +452,7 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     raw = op.input(
         "kafka-in",
         flow,
-        KafkaSource(
+        NonBlockingKafkaSource(
             brokers,
             [topics.events, topics.recommendation_requests, topics.recommendations],
             # Errors become dead letters instead of stopping the dataflow.

@@ -120,7 +120,12 @@ class Settings(BaseSettings):
 
     # --- worker ---
     batch_size: int = Field(64, ge=1, description="max rank requests per inference batch")
-    max_wait_ms: float = Field(20.0, ge=0, description="max wait to fill a batch")
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="after a batch's first request, how long the worker waits for more; "
+        "under load batches fill while the previous one is ranked",
+    )
     latest_wins: bool = Field(
         True,
         description="of one user's event-triggered requests waiting together, rank only the "
