@@ -154,7 +154,7 @@ class Ranker:
         now = time.time()
         return [
             Recommendation(
-                rec_id=rec_id_for(r.request_id),
+                rec_id=rec_id_for(r.request_id, r.user_id),
                 request_id=r.explicit_request_id,
                 user_id=r.user_id,
                 items=[

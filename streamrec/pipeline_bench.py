@@ -67,7 +67,6 @@ from streams.contracts import (
     RecommendationRequest,
     Topics,
     parse_event,
-    rec_id_for,
 )
 from streams.datasets import Dataset, load_dataset
 from streams.kafka import TopicFollower, consumer, create_topics, producer, wait_until_ready
@@ -228,16 +227,15 @@ def latency_breakdown(
     """Event -> list latency and where it goes, in milliseconds.
 
     ``rank_requests``: request_id -> (arrival_ts, created_ts) of each event
-    trigger's rank request. ``lists``: rec_id -> (latency_ms, timing) of each
-    list, ``timing`` the worker's ``streamrec-timing`` header (or None). A list
-    joins its rank request through ``rec_id_for(request_id)``. ``hop`` (rank
+    trigger's rank request. ``lists``: the trigger's request_id (``evt:<event
+    id>``) -> (latency_ms, timing) of its list, ``timing`` the worker's
+    ``streamrec-timing`` header (or None). ``hop`` (rank
     request created -> consumed by the worker), ``batch_wait`` and ``compute``
     are None when no list carried the header.
     """
-    by_rec = {rec_id_for(rid): created for rid, (_, created) in rank_requests.items()}
     hop, wait, compute = [], [], []
-    for rec_id, (_, timing) in lists.items():
-        created = by_rec.get(rec_id)
+    for request_id, (_, timing) in lists.items():
+        created = rank_requests.get(request_id, (None, None))[1]
         if timing is None or created is None:
             continue
         hop.append((timing["consumed_ts"] - created) * 1000.0)
@@ -904,7 +902,8 @@ class _Bench:
                 if m.topic() == topics.rank_requests:
                     rank[value["request_id"]] = (value["arrival_ts"], value["created_ts"])
                 else:
-                    lists.setdefault(value["rec_id"], (value["latency_ms"], _timing(m)))
+                    trigger = "evt:" + value["trigger_event_id"]
+                    lists.setdefault(trigger, (value["latency_ms"], _timing(m)))
             if time.monotonic() >= next_scrape:
                 skipped, next_scrape = _skipped(pipe.worker_port), time.monotonic() + 1.0
         thread.join()

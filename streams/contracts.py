@@ -16,6 +16,8 @@ Topics (names get ``Settings.topic_prefix`` in front):
 ``recommendations``          output lists (key = user_id)
 ``bandit-weights``           internal: per-segment bandit statistics (compacted)
 ``outcomes``                 interactions attributed to a shown list (key = user_id)
+``outcomes.unattributed``    interactions naming a list they could not be credited to,
+                             with the reason (key = user_id)
 ``item-signals``             internal: per-item co-visitation neighbours and trend counts
                              kept by the dataflow (key = item_id, compacted)
 ``fusion-weights``           internal: the fusion ranker's online-learned weights (compacted)
@@ -45,7 +47,9 @@ __all__ = [
     "RankedItem",
     "Recommendation",
     "Outcome",
+    "Unattributed",
     "DeadLetter",
+    "user_tag",
     "parse_event",
     "parse_recommendation_request",
     "parse_recommendation",
@@ -110,6 +114,10 @@ class Topics:
         return self._name("outcomes")
 
     @property
+    def unattributed(self) -> str:
+        return self._name("outcomes.unattributed")
+
+    @property
     def item_signals(self) -> str:
         return self._name("item-signals")
 
@@ -129,6 +137,7 @@ class Topics:
             self.recommendations,
             self.bandit_weights,
             self.outcomes,
+            self.unattributed,
             self.item_signals,
             self.fusion_weights,
         ]
@@ -152,6 +161,25 @@ def _as_float(v: int | float, name: str) -> float:
         return float(v)
     except OverflowError:
         raise ValueError(f"{name} is too large for a float") from None
+
+
+def _event_time(v: Any) -> Any:
+    """Epoch seconds (int or float) or an ISO-8601 string (naive = UTC) -> float."""
+    if v is None:
+        return v
+    if isinstance(v, bool):
+        raise ValueError("ts must be epoch seconds or an ISO-8601 string, not a boolean")
+    if isinstance(v, (int, float)):
+        return _as_float(v, "ts")
+    if isinstance(v, str):
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"ts is not ISO-8601: {v!r}") from exc
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    raise ValueError("ts must be epoch seconds or an ISO-8601 string")
 
 
 def _finite(v: float | None) -> float | None:
@@ -178,20 +206,7 @@ class Event(_Message):
     @field_validator("ts", mode="before")
     @classmethod
     def _parse_ts(cls, v: Any) -> float:
-        """Epoch seconds (int or float) or an ISO-8601 string (naive = UTC)."""
-        if isinstance(v, bool):
-            raise ValueError("ts must be epoch seconds or an ISO-8601 string, not a boolean")
-        if isinstance(v, (int, float)):
-            return _as_float(v, "ts")
-        if isinstance(v, str):
-            try:
-                dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-            except ValueError as exc:
-                raise ValueError(f"ts is not ISO-8601: {v!r}") from exc
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=timezone.utc)
-            return dt.timestamp()
-        raise ValueError("ts must be epoch seconds or an ISO-8601 string")
+        return _event_time(v)
 
     @field_validator("price", mode="before")
     @classmethod
@@ -206,12 +221,28 @@ class Event(_Message):
 
 
 class RecommendationRequest(_Message):
-    """An explicit ask on ``recommendation-requests`` (a page view wants a list)."""
+    """An explicit ask on ``recommendation-requests`` (a page view wants a list).
+
+    ``ts``: when the page asked, in the store's event time (epoch seconds or
+    ISO-8601, as ``Event.ts``); without it, the record's Kafka timestamp. The
+    list's attribution window starts there.
+    """
 
     request_id: str = Field(min_length=1)
     user_id: str = Field(min_length=1)
     k: int = Field(10, ge=1, le=1000)
+    ts: float | None = None
     context: dict[str, Any] | None = None
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _parse_ts(cls, v: Any) -> float | None:
+        return _event_time(v)
+
+    @field_validator("ts")
+    @classmethod
+    def _finite_ts(cls, v: float | None) -> float | None:
+        return _finite(v)
 
 
 class RankRequest(_Message):
@@ -338,6 +369,25 @@ class Outcome(_Message):
     attributed_by: Literal["rec_id", "window"]
 
 
+class Unattributed(_Message):
+    """An interaction that named a list (``rec_id``) it could not be credited to,
+    on ``outcomes.unattributed`` (key = user_id), so nothing is dropped silently.
+
+    ``reason``: ``unknown`` (no list of that id was shown to the user, nor
+    came within the window), ``expired`` (the user's list, but the event falls
+    outside the attribution window from the list's clock), ``other_user`` (a
+    list shown to someone else).
+    """
+
+    rec_id: str
+    user_id: str
+    item_id: str
+    type: EventType
+    event_id: str
+    ts: float
+    reason: Literal["unknown", "expired", "other_user"]
+
+
 class DeadLetter(_Message):
     """A record that could not be processed, as written to a ``*.dlq`` topic."""
 
@@ -348,9 +398,23 @@ class DeadLetter(_Message):
     offset: int | None = None
 
 
-def rec_id_for(request_id: str) -> str:
-    """Deterministic list id: the same trigger always gives the same ``rec_id``."""
-    return "rec-" + hashlib.sha1(request_id.encode("utf-8")).hexdigest()[:20]
+def rec_id_for(request_id: str, user_id: str) -> str:
+    """Deterministic list id: the same trigger always gives the same ``rec_id``.
+
+    ``rec-<user tag>-<trigger hash>``: the tag (6 hex digits of the user id's
+    hash) lets attribution tell a click on someone else's list from one on a
+    list it never saw, without a lookup.
+
+    >>> rec_id_for("evt:e1", "u1").startswith("rec-" + user_tag("u1"))
+    True
+    """
+    trigger = hashlib.sha1(request_id.encode("utf-8")).hexdigest()[:14]
+    return f"rec-{user_tag(user_id)}-{trigger}"
+
+
+def user_tag(user_id: str) -> str:
+    """The user part of :func:`rec_id_for`'s ids."""
+    return hashlib.sha1(user_id.encode("utf-8")).hexdigest()[:6]
 
 
 def _describe(exc: ValidationError) -> str:

@@ -66,6 +66,7 @@ from streams.contracts import (
     Recommendation,
     RecommendationRequest,
     Topics,
+    Unattributed,
     encode_vector,
     parse_event,
     parse_recommendation,
@@ -181,10 +182,12 @@ class UserStep:
             pending = state.pending.pop(
                 item.rec.request_id or f"evt:{item.rec.trigger_event_id}", None
             )
-            shown_ts, context = pending if pending else (state.last_ts or 0.0, None)
+            clock, context = pending if pending else (state.last_ts or 0.0, None)
             cfg = self.policy.attribution
-            closed = show(state.open_lists, item.rec, shown_ts, context, cfg)
-            return state, [*claim_early(state.open_lists, state.early, cfg), *closed]
+            closed = show(state.open_lists, item.rec, clock, context, cfg)
+            claimed, lost = claim_early(state.open_lists, state.early, cfg)
+            state.closed.extend(r.rec_id for r in closed)
+            return state, [*claimed, *lost, *closed]
         msg = item.message
         outputs: list = []
         if isinstance(msg, Event):
@@ -194,31 +197,35 @@ class UserStep:
             metrics.EVENTS_BY_TYPE[msg.type].inc()
             if msg.item_id not in self.catalog.row:
                 metrics.UNKNOWN_ITEMS.inc()
-            outcomes, closed = attribute(
-                state.open_lists, msg, self.policy.attribution, state.early
+            outcomes, closed, lost = attribute(
+                state.open_lists, msg, self.policy.attribution, state.early, state.closed
             )
-            outputs += outcomes + closed
+            state.closed.extend(r.rec_id for r in closed)
+            outputs += outcomes + lost + closed
             outputs += records(state.sequence, msg.item_id, msg.ts, self.settings.covis_window)
             if not self.settings.trigger_on_events:
                 return state, outputs
             request_id, explicit, k, trigger_id = f"evt:{msg.event_id}", None, None, msg.event_id
+            clock = msg.ts
             metrics.EVENT_TRIGGERS.inc()
         else:
             request_id, explicit, k, trigger_id = msg.request_id, msg.request_id, msg.k, None
+            clock = msg.ts if msg.ts is not None else item.arrival_ts
             metrics.REQUEST_TRIGGERS.inc()
         request = self.rank_request(
             state, msg.user_id, request_id, explicit, k, trigger_id, item.arrival_ts
         )
-        # Remember when (event time) and in which context the list was asked
-        # for: attribution windows and the bandit's context use it when the
-        # list comes back on `recommendations`. Of event-triggered requests only
+        # Remember when (event time: the trigger's ts, or the request's ts or Kafka
+        # timestamp) and in which context the list was asked for: the attribution
+        # window starts there and the bandit learns in that context when the list
+        # comes back on `recommendations`. Of event-triggered requests only
         # the newest is kept: the worker ranks a user's newest when several wait
         # (latest wins), so older entries would mostly wait forever, in every
         # user's state.
         if explicit is None:
             for older in [r for r in state.pending if r.startswith("evt:")]:
                 del state.pending[older]
-        state.pending[request_id] = (state.last_ts or 0.0, request.context)
+        state.pending[request_id] = (clock, request.context)
         while len(state.pending) > _MAX_PENDING:
             state.pending.popitem(last=False)
         outputs.append(request)
@@ -393,6 +400,11 @@ def _to_sink(topics: Topics, item: object) -> KafkaSinkMessage:
             )
         return KafkaSinkMessage(
             key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.outcomes
+        )
+    if isinstance(item, Unattributed):
+        metrics.UNATTRIBUTED[item.reason].inc()
+        return KafkaSinkMessage(
+            key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.unattributed
         )
     if isinstance(item, SignalRow):
         return KafkaSinkMessage(

@@ -24,6 +24,8 @@ __all__ = [
     "UNKNOWN_ITEMS",
     "RANK_REQUESTS",
     "EVENTS_BY_TYPE",
+    "UNATTRIBUTED_INTERACTIONS",
+    "UNATTRIBUTED",
     "EVENT_TRIGGERS",
     "REQUEST_TRIGGERS",
     "serve",
@@ -51,6 +53,16 @@ RANK_REQUESTS = Counter(
 EVENTS_BY_TYPE = {t: EVENTS.labels(t) for t in EVENT_TYPES}
 EVENT_TRIGGERS = RANK_REQUESTS.labels("event")
 REQUEST_TRIGGERS = RANK_REQUESTS.labels("request")
+
+UNATTRIBUTED_INTERACTIONS = Counter(
+    "streamrec_unattributed_interactions_total",
+    "Interactions that named a list (rec_id) they could not be credited to, by reason: "
+    "unknown, expired (outside the attribution window), other_user",
+    ["reason"],
+)
+UNATTRIBUTED = {
+    r: UNATTRIBUTED_INTERACTIONS.labels(r) for r in ("unknown", "expired", "other_user")
+}
 
 OUTCOMES = Counter(
     "streamrec_attributed_outcomes_total",

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from streams.abtest import ExperimentReport, VariantCounts, build_report
 from streams.abtest import render_json as _render_json
 from streams.abtest import render_markdown as _render_markdown
-from streams.contracts import Outcome, Recommendation, Topics
+from streams.contracts import Outcome, Recommendation, Topics, Unattributed
 from streams.experiments import NO_EXPERIMENT
 from streams.kafka import TopicFollower
 
@@ -54,6 +54,11 @@ class ReadStats:
     outside_window: int = 0
     invalid_records: int = 0
     users_in_several_variants: int = 0
+    # Interactions that named a list and were not credited, by reason (the dataflow's
+    # ``outcomes.unattributed``): how much of the data the counts above leave out.
+    unattributed_unknown: int = 0
+    unattributed_expired: int = 0
+    unattributed_other_user: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,16 +83,16 @@ class Report:
 
 def read_topics(
     brokers: str, topics: Topics, idle_s: float = 3.0, timeout_s: float = 10.0
-) -> tuple[list[bytes], list[bytes]]:
-    """Every record of ``recommendations`` and ``outcomes``, all partitions.
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Every record of ``recommendations``, ``outcomes`` and ``outcomes.unattributed``.
 
     Stops once no new record arrived for ``idle_s`` seconds (the embedded
     broker has no reliable high watermarks to read up to). ``timeout_s``
     bounds the metadata lookup.
     """
-    follower = TopicFollower(brokers, [topics.recommendations, topics.outcomes], timeout_s)
-    recs: list[bytes] = []
-    outcomes: list[bytes] = []
+    names = [topics.recommendations, topics.outcomes, topics.unattributed]
+    follower = TopicFollower(brokers, names, timeout_s)
+    read: dict[str, list[bytes]] = {name: [] for name in names}
     last = time.monotonic()
     try:
         while time.monotonic() - last < idle_s:
@@ -95,13 +100,13 @@ def read_topics(
             if messages:
                 last = time.monotonic()
             for m in messages:
-                (recs if m.topic() == topics.recommendations else outcomes).append(m.value())
+                read[m.topic()].append(m.value())
     finally:
         follower.close()
-    return recs, outcomes
+    return read[names[0]], read[names[1]], read[names[2]]
 
 
-def _parse(model: type[Recommendation] | type[Outcome], record: Record) -> Any:
+def _parse(model: type[Recommendation | Outcome | Unattributed], record: Record) -> Any:
     """The contract model, or None when the record does not satisfy it."""
     try:
         if isinstance(record, (bytes, str)):
@@ -120,6 +125,7 @@ def aggregate(
     outcomes: Iterable[Record],
     since: float | None = None,
     until: float | None = None,
+    unattributed: Iterable[Record] = (),
 ) -> tuple[dict[str, dict[str, VariantCounts]], ReadStats]:
     """Counts per experiment and variant, and what was read.
 
@@ -203,6 +209,15 @@ def aggregate(
             revenue=sum(b),
             revenue_sq=sum(r * r for r in b),
         )
+    lost: dict[str, int] = defaultdict(int)
+    lost_seen: set[str] = set()
+    for raw in unattributed:
+        rec = _parse(Unattributed, raw)
+        if rec is None:
+            invalid += 1
+        elif rec.event_id not in lost_seen and _inside(rec.ts, since, until):
+            lost_seen.add(rec.event_id)
+            lost[rec.reason] += 1
     per_user: dict[tuple[str, str], int] = defaultdict(int)
     for exp, variant in users:
         for user in users[exp, variant]:
@@ -217,6 +232,9 @@ def aggregate(
         outside_window=outside,
         invalid_records=invalid,
         users_in_several_variants=sum(1 for k in per_user.values() if k > 1),
+        unattributed_unknown=lost["unknown"],
+        unattributed_expired=lost["expired"],
+        unattributed_other_user=lost["other_user"],
     )
     return dict(counts), stats
 
@@ -233,6 +251,7 @@ def experiment_report(
     sequential: bool = False,
     tau_relative: float = 0.1,
     srm_threshold: float = 0.001,
+    unattributed: Iterable[Record] = (),
 ) -> Report:
     """The report over records already read (dicts or JSON bytes).
 
@@ -245,7 +264,7 @@ def experiment_report(
     apply to every experiment reported, so name ``experiment`` with them when
     several run. The other options go to :func:`streams.abtest.build_report`.
     """
-    counts, stats = aggregate(recommendations, outcomes, since, until)
+    counts, stats = aggregate(recommendations, outcomes, since, until, unattributed)
     names = [experiment] if experiment is not None else sorted(counts)
     reports = tuple(
         build_report(
@@ -266,6 +285,7 @@ def experiment_report(
 def experiment_report_from_kafka(
     brokers: str, topics: Topics, *, idle_s: float = 3.0, **options: Any
 ) -> Report:
-    """:func:`experiment_report` over the ``recommendations`` and ``outcomes`` topics."""
-    recs, outcomes = read_topics(brokers, topics, idle_s)
-    return experiment_report(recs, outcomes, **options)
+    """:func:`experiment_report` over ``recommendations``, ``outcomes`` and
+    ``outcomes.unattributed``."""
+    recs, outcomes, unattributed = read_topics(brokers, topics, idle_s)
+    return experiment_report(recs, outcomes, unattributed=unattributed, **options)

@@ -49,6 +49,7 @@ __all__ = ["UserState", "StateConfig", "update_state", "restore", "event_hash"]
 
 _TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
 _PICKLE_LIGHT, _PICKLE_FULL = 1, 2
+_CLOSED_KEPT = 16
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class UserState:
     open_lists: deque = field(default_factory=deque)
     pending: OrderedDict = field(default_factory=OrderedDict)
     early: deque = field(default_factory=deque)  # events that beat their list (attribution)
+    # rec_ids of the user's recently closed lists: a late click on one is "expired".
+    closed: deque = field(default_factory=lambda: deque(maxlen=_CLOSED_KEPT))
     # True while a light pickle's derived fields wait for restore().
     replay: bool = False
 
@@ -133,7 +136,13 @@ class UserState:
         recent = array("I", (idx(i) for i in self.recent))
         types = bytes(_TYPE_CODE[t] for t, _ in self.recent_events)
         times = np.array([ts for _, ts in self.recent_events], dtype=np.float64).tobytes()
-        tail = (self.event_ids.tobytes(), self.open_lists, self.pending, self.early)
+        tail = (
+            self.event_ids.tobytes(),
+            self.open_lists,
+            self.pending,
+            self.early,
+            tuple(self.closed),
+        )
         if self.replay or self.events == len(self.recent):
             return (_PICKLE_LIGHT, tuple(items), recent.tobytes(), types, times, *tail)
         seq = array("I", (idx(i) for i, _ in self.sequence)).tobytes()
@@ -160,8 +169,9 @@ class UserState:
         )
 
     def __setstate__(self, state: tuple) -> None:
-        kind, items, recent, types, times, ids, open_lists, pending, early = state[:9]
+        kind, items, recent, types, times, ids, open_lists, pending, early, closed = state[:10]
         self.__init__(open_lists=open_lists, pending=pending, early=early)  # type: ignore[misc]
+        self.closed.extend(closed)
         self.event_ids = array("Q")
         self.event_ids.frombytes(ids)
         recent_items = [items[i] for i in array("I", recent)]
@@ -177,7 +187,7 @@ class UserState:
         if kind == _PICKLE_LIGHT:
             self.replay = True
             return
-        embedding, last_ts, seq, seq_ts, counted, nums, categories, events, sessions = state[9:]
+        embedding, last_ts, seq, seq_ts, counted, nums, categories, events, sessions = state[10:]
         self.embedding = None if embedding is None else np.frombuffer(embedding, "<f4").copy()
         self.last_ts = last_ts
         self.sequence = deque(

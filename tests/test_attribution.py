@@ -64,7 +64,7 @@ def _close_all(open_lists: deque, cfg: AttributionConfig = CFG) -> list[ListRewa
 
 def test_an_event_with_an_open_rec_id_is_attributed_by_rec_id() -> None:
     lists = _shown(("r1", ["a", "b"], 100.0), ("r2", ["c"], 200.0))
-    outcomes, closed = attribute(lists, _event("e1", "b", 300.0, rec_id="r1"), CFG)
+    outcomes, closed, _ = attribute(lists, _event("e1", "b", 300.0, rec_id="r1"), CFG)
     assert closed == []
     assert outcomes == [
         Outcome(
@@ -84,21 +84,21 @@ def test_an_event_with_an_open_rec_id_is_attributed_by_rec_id() -> None:
 
 def test_an_item_of_the_last_list_is_attributed_by_window() -> None:
     lists = _shown(("r1", ["a"], 100.0), ("r2", ["b", "c"], 200.0))
-    (outcome,), _ = attribute(lists, _event("e1", "c", 200.0 + CFG.window_s), CFG)
+    (outcome,), _, _ = attribute(lists, _event("e1", "c", 200.0 + CFG.window_s), CFG)
     assert (outcome.rec_id, outcome.attributed_by) == ("r2", "window")
 
 
 def test_an_item_of_an_older_list_without_rec_id_is_not_attributed() -> None:
     lists = _shown(("r1", ["a"], 100.0), ("r2", ["b"], 200.0))
-    assert attribute(lists, _event("e1", "a", 300.0), CFG) == ([], [])
-    assert attribute(lists, _event("e2", "z", 300.0), CFG) == ([], [])
+    assert attribute(lists, _event("e1", "a", 300.0), CFG) == ([], [], [])
+    assert attribute(lists, _event("e2", "z", 300.0), CFG) == ([], [], [])
 
 
 def test_outside_the_window_nothing_is_attributed_and_the_list_closes() -> None:
     lists = _shown(("r1", ["a"], 0.0))
     attribute(lists, _event("e1", "a", 10.0, rec_id="r1"), CFG)
     late = CFG.window_s + 1.0
-    outcomes, closed = attribute(lists, _event("e2", "a", late, "purchase", rec_id="r1"), CFG)
+    outcomes, closed, _ = attribute(lists, _event("e2", "a", late, "purchase", rec_id="r1"), CFG)
     assert outcomes == []
     assert [(r.rec_id, r.reward) for r in closed] == [("r1", pytest.approx(0.3))]
     assert not lists
@@ -106,8 +106,8 @@ def test_outside_the_window_nothing_is_attributed_and_the_list_closes() -> None:
 
 def test_views_are_never_attributed() -> None:
     lists = _shown(("r1", ["a"], 0.0))
-    assert attribute(lists, _event("e1", "a", 1.0, "view", rec_id="r1"), CFG) == ([], [])
-    assert attribute(lists, _event("e2", "a", 2.0, "view"), CFG) == ([], [])
+    assert attribute(lists, _event("e1", "a", 1.0, "view", rec_id="r1"), CFG) == ([], [], [])
+    assert attribute(lists, _event("e2", "a", 2.0, "view"), CFG) == ([], [], [])
     assert lists[0].reward == 0.0
 
 
@@ -115,9 +115,9 @@ def test_replays_are_credited_once() -> None:
     lists = _shown(("r1", ["a"], 0.0))
     click = _event("e1", "a", 1.0, rec_id="r1")
     assert len(attribute(lists, click, CFG)[0]) == 1
-    assert attribute(lists, click, CFG) == ([], [])
-    assert attribute(lists, _event("e2", "a", 2.0, rec_id="r1"), CFG) == ([], [])
-    assert attribute(lists, _event("e3", "a", 3.0), CFG) == ([], [])  # same list via the window
+    assert attribute(lists, click, CFG) == ([], [], [])
+    assert attribute(lists, _event("e2", "a", 2.0, rec_id="r1"), CFG) == ([], [], [])
+    assert attribute(lists, _event("e3", "a", 3.0), CFG) == ([], [], [])  # same list via the window
     assert len(attribute(lists, _event("e4", "a", 4.0, "add_to_cart"), CFG)[0]) == 1
     assert [r.reward for r in _close_all(lists)] == [pytest.approx(0.3 + 0.6)]
 
@@ -133,7 +133,7 @@ def test_replays_are_credited_once() -> None:
 )
 def test_revenue_is_price_times_quantity_of_a_purchase(kind, extra, revenue) -> None:
     lists = _shown(("r1", ["a"], 0.0))
-    (outcome,), _ = attribute(lists, _event("e1", "a", 1.0, kind, rec_id="r1", **extra), CFG)
+    (outcome,), _, _ = attribute(lists, _event("e1", "a", 1.0, kind, rec_id="r1", **extra), CFG)
     assert outcome.revenue == revenue
 
 
@@ -233,7 +233,7 @@ def _recommend(request: RankRequest, items: list[str], arm: str = "mmr:0.7") -> 
     """What the worker publishes for ``request`` (the ranker's stamp, picked arm)."""
     return Shown(
         Recommendation(
-            rec_id=rec_id_for(request.request_id),
+            rec_id=rec_id_for(request.request_id, request.user_id),
             request_id=request.explicit_request_id,
             user_id=request.user_id,
             items=[RankedItem(item_id=i, score=1.0, rank=n + 1) for n, i in enumerate(items)],
@@ -300,7 +300,7 @@ def test_user_step_attributes_and_closes_lists(step: UserStep) -> None:
     state, outputs = _apply(step, state, _trigger("e3", "d", 1100.0 + 2 * 1800.0))
     closed, third_request = outputs
     assert isinstance(closed, ListReward)
-    assert (closed.rec_id, closed.arm, closed.reward) == (rec_id_for("evt:e2"), "dpp:0.6", 0.0)
+    assert (closed.rec_id, closed.arm, closed.reward) == (rec_id_for("evt:e2", "u1"), "dpp:0.6", 0.0)
     assert isinstance(third_request, RankRequest)
 
 
@@ -363,10 +363,10 @@ def test_a_click_that_beats_its_list_is_credited_when_the_list_arrives() -> None
     open_lists: deque[ShownList] = deque()
     early: deque[Event] = deque()
     click = _event("e1", "a", 10.0, rec_id="r1")
-    assert attribute(open_lists, click, CFG, early) == ([], [])
+    assert attribute(open_lists, click, CFG, early) == ([], [], [])
     assert list(early) == [click]
     show(open_lists, _rec("r1", ["a", "b"]), 9.0, None, CFG)
-    (outcome,) = claim_early(open_lists, early, CFG)
+    (outcome,), _ = claim_early(open_lists, early, CFG)
     assert outcome.rec_id == "r1" and outcome.attributed_by == "rec_id"
     assert not early and open_lists[-1].reward == pytest.approx(0.3)
     # Once credited, the same click replayed is not credited again.

@@ -21,6 +21,7 @@ from streams.contracts import (
     parse_rank_request,
     parse_recommendation_request,
     rec_id_for,
+    user_tag,
 )
 
 TAOBAO_CSV = Path(__file__).parents[2] / "shared/data/taobao-userbehavior-sample/UserBehavior.csv"
@@ -335,11 +336,12 @@ def test_rank_request_bad(change: dict, words: str) -> None:
 # --- ids and topics ---------------------------------------------------------------------
 
 
-def test_rec_id_is_deterministic_and_distinct() -> None:
-    assert rec_id_for("evt:e-1") == rec_id_for("evt:e-1")
-    ids = {rec_id_for(f"evt:e-{i}") for i in range(1000)}
+def test_rec_id_is_deterministic_and_distinct_and_names_its_user() -> None:
+    assert rec_id_for("evt:e-1", "u1") == rec_id_for("evt:e-1", "u1")
+    ids = {rec_id_for(f"evt:e-{i}", "u1") for i in range(1000)}
     assert len(ids) == 1000
-    assert all(i.startswith("rec-") and len(i) == 24 for i in ids)
+    assert all(i.startswith(f"rec-{user_tag('u1')}-") and len(i) == 25 for i in ids)
+    assert rec_id_for("evt:e-1", "u2").split("-")[1] != rec_id_for("evt:e-1", "u1").split("-")[1]
 
 
 def test_topic_names() -> None:
@@ -354,6 +356,7 @@ def test_topic_names() -> None:
         "recommendations",
         "bandit-weights",
         "outcomes",
+        "outcomes.unattributed",
         "item-signals",
         "fusion-weights",
     ]
@@ -365,5 +368,5 @@ def test_topic_prefix() -> None:
     assert t.events == "run7-events"
     assert t.events_dlq == "run7-events.dlq"
     assert t.all() == [f"run7-{name}" for name in Topics().all()]
-    assert len(set(t.all())) == 11
+    assert len(set(t.all())) == 12
     assert t.compacted() == {f"run7-{name}" for name in Topics().compacted()}
