@@ -300,7 +300,8 @@ def test_user_step_attributes_and_closes_lists(step: UserStep) -> None:
     state, outputs = _apply(step, state, _trigger("e3", "d", 1100.0 + 2 * 1800.0))
     closed, third_request = outputs
     assert isinstance(closed, ListReward)
-    assert (closed.rec_id, closed.arm, closed.reward) == (rec_id_for("evt:e2", "u1"), "dpp:0.6", 0.0)
+    expected = (rec_id_for("evt:e2", "u1"), "dpp:0.6", 0.0)
+    assert (closed.rec_id, closed.arm, closed.reward) == expected
     assert isinstance(third_request, RankRequest)
 
 
