@@ -203,3 +203,26 @@ def test_window_and_records_already_read() -> None:
 
     none = experiment_report(lists, outcomes, experiment="nope")
     assert none.experiments == () and "No experiment traffic" in none.to_markdown()
+
+
+def test_uncredited_interactions_are_counted_by_reason_once_each() -> None:
+    from streams.contracts import Unattributed
+
+    def lost(event_id: str, reason: str) -> bytes:
+        return Unattributed(
+            rec_id="rec-x",
+            user_id="u1",
+            item_id="i1",
+            type="click",
+            event_id=event_id,
+            ts=T0,
+            reason=reason,
+        ).to_bytes()
+
+    records = [lost("e1", "unknown"), lost("e1", "unknown"), lost("e2", "expired")]
+    records += [lost("e3", "other_user"), lost("e4", "expired"), b"not json"]
+    report = experiment_report([], [], unattributed=records)
+    s = report.stats
+    assert (s.unattributed_unknown, s.unattributed_expired, s.unattributed_other_user) == (1, 2, 1)
+    assert s.invalid_records == 1
+    assert "unattributed expired: 2" in report.to_markdown()
