@@ -139,7 +139,7 @@ class ConsistencyReport:
             ("lists in-process (UserStep + Ranker)", f"{self.in_process_lists:,}"),
             ("compared (same trigger event)", f"{self.compared:,}"),
             ("identical item ids, in order" + lag, f"{self.identical:,}"),
-            ("item-signals rows the worker applied first", f"{self.signal_rows:,}"),
+            ("signal records behind the rows the worker applied first", f"{self.signal_rows:,}"),
             ("explicit requests, then compared", f"{self.explicit:,} / {self.explicit_compared:,}"),
             ("explicit lists identical", f"{self.explicit_identical:,}"),
             ("max absolute score difference (checked lists)", f"{self.max_score_diff:.2e}"),
