@@ -188,6 +188,10 @@ class Worker:
         # torch's between the worker's many small products: one BLAS thread ranked
         # 1,248 fusion lists/s against 812 with two on the 2-core test machine.
         threadpool_limits(limits=1, user_api="blas")
+        if settings.worker_threads:
+            import torch
+
+            torch.set_num_threads(settings.worker_threads)
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         policy = load_config(settings.experiments)

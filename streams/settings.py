@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     )
     history_items: int = Field(5, ge=1, description="recent item texts the LM reads per user")
     device: str = Field("auto", description="auto | cpu | cuda")
+    worker_threads: int = Field(
+        0,
+        ge=0,
+        description="torch threads of the worker on the CPU; 0 = torch's default (every "
+        "core). On a machine the dataflow shares, leave it a core",
+    )
     quantize: Literal["none", "int8"] = Field(
         "none", description="worker LM: none | int8 (dynamic int8 nn.Linear, CPU only)"
     )

@@ -442,11 +442,28 @@ def test_dataflow_rows_equal_in_process_and_survive_a_killed_dataflow(
 
 
 @pytest.mark.integration
-def test_the_worker_follows_item_signals_and_fusion_weights_onto_its_ranker(broker, topics) -> None:
+def test_the_worker_follows_item_signals_and_fusion_weights_onto_its_ranker(
+    broker, topics, tmp_path, caplog
+) -> None:
     """Rows fill the worker's table (bad records skipped), the newest weights reach
-    the ranker, and the rows applied are counted for whoever waits on them."""
+    the ranker, and the rows applied are counted for whoever waits on them. A
+    crafted ``bandit-weights`` record (a pickle that would create a file) runs
+    nothing and is skipped with a warning."""
+    import base64
+    import logging
+    import pickle
     import threading
     from types import SimpleNamespace
+
+    from tests.test_bandit import _Creates
+
+    marker = tmp_path / "pwned"
+    crafted = base64.b64encode(pickle.dumps(_Creates(str(marker)))).decode("ascii")
+    produce_bandit = [
+        (b"all", json.dumps({"key": "all", "updates": 1, "blob": crafted}).encode()),
+        (b"all", json.dumps({"key": "all", "policy": "thompson", "params": crafted}).encode()),
+    ]
+    caplog.set_level(logging.WARNING, logger="model.worker")
 
     from model.worker import SIGNAL_ROWS, Worker
     from tests.conftest import produce_all
@@ -467,12 +484,17 @@ def test_the_worker_follows_item_signals_and_fusion_weights_onto_its_ranker(brok
         topics.fusion_weights,
         [(b"global", json.dumps(w).encode()) for w in weights],
     )
+    produce_all(broker.bootstrap, topics.bandit_weights, produce_bandit)
     before = SIGNAL_ROWS._value.get()
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
+
+    def skipped() -> list:
+        return [r for r in caplog.records if "bandit-weights" in r.getMessage()]
+
     while time.monotonic() < deadline and (
-        len(worker.signals) < 3 or ranker.fusion_weights != weights[-1]
+        len(worker.signals) < 3 or ranker.fusion_weights != weights[-1] or len(skipped()) < 2
     ):
         time.sleep(0.1)
     worker.stop()
@@ -480,6 +502,8 @@ def test_the_worker_follows_item_signals_and_fusion_weights_onto_its_ranker(brok
     assert worker.signals.rows == {r.item_id: r for r in rows}
     assert ranker.fusion_weights == worker.fusion_weights == weights[-1]
     assert SIGNAL_ROWS._value.get() - before == 3
+    assert not marker.exists()
+    assert len(skipped()) == 2 and all("ignoring a bad" in r.getMessage() for r in skipped())
 
 
 def test_one_row_per_batch_equals_the_last_of_one_row_per_record() -> None:

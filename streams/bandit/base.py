@@ -1,16 +1,21 @@
-"""The base of every diversity bandit: exploration floor, counts, JSON state."""
+"""The base of every diversity bandit: exploration floor, counts, plain-data state.
+
+A policy travels on ``bandit-weights`` as its sufficient statistics (counts,
+sums, Beta parameters, LinUCB's inverse and b), never as code: nothing read
+from a topic is unpickled. :func:`policy_from_state` rebuilds a policy of a
+known class from them and refuses anything else with a ValueError.
+"""
 
 from __future__ import annotations
 
-import base64
-import pickle
+import math
 import random
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DiversityPolicy", "policy_from_state"]
+__all__ = ["DiversityPolicy", "policy_from_state", "_number"]
 
 
 class DiversityPolicy(ABC):
@@ -72,31 +77,69 @@ class DiversityPolicy(ABC):
     def _update(self, arm: str, reward: float, context: np.ndarray | None) -> None: ...
 
     def to_state(self) -> dict[str, Any]:
-        """JSON-ready state: readable stats plus the policy itself (pickled, base64).
-
-        The pickle is only exchanged between streamrec's own processes on the
-        internal ``bandit-weights`` topic; the readable part is for people and
-        dashboards.
-        """
+        """JSON-ready state: readable stats for people and dashboards, and ``params``,
+        the policy's own sufficient statistics (plain numbers, see :meth:`_params`)."""
         return {
             "policy": self.name,
             "arms": self.arms,
             "updates": self.updates,
+            "min_exploration": self.min_exploration,
+            "seed": self.seed,
             "stats": {
                 a: {
                     "pulls": self.pulls[a],
-                    "reward_sum": round(self.reward_sum[a], 9),
+                    "reward_sum": self.reward_sum[a],
                     "mean_reward": round(self.mean_reward(a), 9),
                 }
                 for a in self.arms
             },
-            "blob": base64.b64encode(pickle.dumps(self)).decode("ascii"),
+            "params": self._params(),
         }
+
+    @abstractmethod
+    def _params(self) -> dict[str, Any]:
+        """The policy's learned statistics as JSON-ready numbers."""
+
+    @abstractmethod
+    def _load(self, params: dict[str, Any]) -> None:
+        """Take :meth:`_params` back; ValueError, KeyError or TypeError when malformed."""
+
+
+def _number(value: Any, name: str) -> float:
+    """A finite number from a record, or a ValueError that names it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"bandit state: {name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def policy_from_state(state: dict[str, Any]) -> DiversityPolicy:
-    """Rebuild a policy published with :meth:`DiversityPolicy.to_state`."""
-    policy = pickle.loads(base64.b64decode(state["blob"]))
-    if not isinstance(policy, DiversityPolicy):
-        raise TypeError(f"bandit state holds a {type(policy).__name__}, not a policy")
+    """Rebuild a policy published with :meth:`DiversityPolicy.to_state`.
+
+    Only the known policy classes, only numbers: a record that does not fit
+    raises ValueError (the worker logs it and skips it).
+    """
+    from streams.bandit import POLICIES
+
+    if not isinstance(state, dict):
+        raise ValueError("bandit state is not a JSON object")
+    name, arms = state.get("policy"), state.get("arms")
+    if name not in POLICIES:
+        raise ValueError(f"bandit state: unknown policy {name!r}")
+    if not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms):
+        raise ValueError("bandit state: arms must be a non-empty list of names")
+    stats = state.get("stats")
+    if not isinstance(stats, dict) or set(stats) != set(arms):
+        raise ValueError("bandit state: stats must hold every arm")
+    seed = state.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError("bandit state: seed must be an integer")
+    policy = POLICIES[name](arms, min(1.0, max(0.0, _number(state["min_exploration"], "min_exploration"))), seed)
+    for arm in arms:
+        policy.pulls[arm] = int(_number(stats[arm]["pulls"], "pulls"))
+        policy.reward_sum[arm] = _number(stats[arm]["reward_sum"], "reward_sum")
+    policy.updates = int(_number(state.get("updates", 0), "updates"))
+    params = state.get("params")
+    if not isinstance(params, dict):
+        raise ValueError("bandit state: params must be an object")
+    policy._load(params)
     return policy

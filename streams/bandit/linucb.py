@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 
-from streams.bandit.base import DiversityPolicy
+from streams.bandit.base import DiversityPolicy, _number
 
 __all__ = ["LinUCB"]
 
@@ -72,3 +73,26 @@ class LinUCB(DiversityPolicy):
         ax = a_inv @ x
         a_inv -= np.outer(ax, ax) / (1.0 + x @ ax)
         self._b[i] += reward * x
+
+    def _params(self) -> dict[str, Any]:
+        """alpha, ridge, and per arm the inverse ``A^-1`` and ``b`` (None before a context)."""
+        return {
+            "alpha": self.alpha,
+            "ridge": self.ridge,
+            "a_inv": None if self._a_inv is None else self._a_inv.tolist(),
+            "b": None if self._b is None else self._b.tolist(),
+        }
+
+    def _load(self, params: dict[str, Any]) -> None:
+        self.alpha = _number(params["alpha"], "alpha")
+        self.ridge = _number(params["ridge"], "ridge")
+        if params["a_inv"] is None or params["b"] is None:
+            return
+        a_inv = np.asarray(params["a_inv"], dtype=np.float64)
+        b = np.asarray(params["b"], dtype=np.float64)
+        arms = len(self.arms)
+        if a_inv.ndim != 3 or a_inv.shape[0] != arms or a_inv.shape[1] != a_inv.shape[2]:
+            raise ValueError(f"bandit state: a_inv must be (arms, d, d), got {a_inv.shape}")
+        if b.shape != a_inv.shape[:2] or not (np.isfinite(a_inv).all() and np.isfinite(b).all()):
+            raise ValueError("bandit state: b must be (arms, d) and everything finite")
+        self._a_inv, self._b = a_inv, b

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 from river import bandit, proba
 
-from streams.bandit.base import DiversityPolicy
+from streams.bandit.base import DiversityPolicy, _number
 
 __all__ = ["Thompson"]
 
@@ -44,3 +45,26 @@ class Thompson(DiversityPolicy):
 
     def _update(self, arm: str, reward: float, context: np.ndarray | None) -> None:
         self._policy.update(arm, self._trials.random() < reward)
+
+    def _params(self) -> dict[str, Any]:
+        """Each arm's Beta posterior (alpha, beta), river's step and pull counts."""
+        rewards = self._policy._rewards
+        return {
+            "beta": {a: [rewards[a].alpha, rewards[a].beta] for a in self.arms if a in rewards},
+            "n": self._policy._n,
+            "counts": {a: int(c) for a, c in self._policy._counts.items() if a in self.arms},
+        }
+
+    def _load(self, params: dict[str, Any]) -> None:
+        for arm, (alpha, beta) in params["beta"].items():
+            if arm not in self.pulls:
+                raise ValueError(f"bandit state: unknown arm {arm!r}")
+            dist = self._policy._rewards[arm]  # river makes it with its own seed
+            dist.alpha, dist.beta = _number(alpha, "alpha"), _number(beta, "beta")
+            if dist.alpha <= 0 or dist.beta <= 0:
+                raise ValueError("bandit state: Beta parameters must be positive")
+        self._policy._n = int(_number(params["n"], "n"))
+        for arm, count in params["counts"].items():
+            if arm not in self.pulls:
+                raise ValueError(f"bandit state: unknown arm {arm!r}")
+            self._policy._counts[arm] = int(_number(count, "count"))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 from river import bandit
 
-from streams.bandit.base import DiversityPolicy
+from streams.bandit.base import DiversityPolicy, _number
 
 __all__ = ["UCB"]
 
@@ -39,3 +40,26 @@ class UCB(DiversityPolicy):
 
     def _update(self, arm: str, reward: float, context: np.ndarray | None) -> None:
         self._policy.update(arm, reward)
+
+    def _params(self) -> dict[str, Any]:
+        """Each arm's running mean (weight, mean), river's step and pull counts, delta."""
+        rewards = self._policy._rewards
+        return {
+            "mean": {a: [rewards[a].n, rewards[a]._mean] for a in self.arms if a in rewards},
+            "n": self._policy._n,
+            "counts": {a: int(c) for a, c in self._policy._counts.items() if a in self.arms},
+            "delta": self._policy.delta,
+        }
+
+    def _load(self, params: dict[str, Any]) -> None:
+        self._policy.delta = _number(params["delta"], "delta")
+        for arm, (n, mean) in params["mean"].items():
+            if arm not in self.pulls:
+                raise ValueError(f"bandit state: unknown arm {arm!r}")
+            stat = self._policy._rewards[arm]
+            stat.n, stat._mean = _number(n, "n"), _number(mean, "mean")
+        self._policy._n = int(_number(params["n"], "n"))
+        for arm, count in params["counts"].items():
+            if arm not in self.pulls:
+                raise ValueError(f"bandit state: unknown arm {arm!r}")
+            self._policy._counts[arm] = int(_number(count, "count"))
