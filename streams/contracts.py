@@ -49,6 +49,9 @@ __all__ = [
     "Outcome",
     "Unattributed",
     "DeadLetter",
+    "dead_letter",
+    "too_large",
+    "MAX_ID_CHARS",
     "user_tag",
     "parse_event",
     "parse_recommendation_request",
@@ -163,6 +166,12 @@ def _as_float(v: int | float, name: str) -> float:
         raise ValueError(f"{name} is too large for a float") from None
 
 
+def _in_range(v: float | None, low: float, high: float) -> float | None:
+    if v is not None and not low <= v <= high:
+        raise ValueError(f"must be between {low:g} and {high:g}, got {v:g}")
+    return v
+
+
 def _event_time(v: Any) -> Any:
     """Epoch seconds (int or float) or an ISO-8601 string (naive = UTC) -> float."""
     if v is None:
@@ -188,20 +197,33 @@ def _finite(v: float | None) -> float | None:
     return v
 
 
+#: Longest id (event, user, item, request, list, session) a record may carry: an id
+#: is copied into every request and list, so one huge id would grow them past any limit.
+MAX_ID_CHARS = 256
+#: Event times accepted: from 1970 to 2100 (epoch seconds, both ends included).
+TS_RANGE = (0.0, 4_102_444_800.0)
+#: The most characters of a bad record a dead letter keeps in ``raw``.
+MAX_RAW_CHARS = 4096
+
+
 class Event(_Message):
-    """A storefront interaction on ``events``. Unknown extra fields are kept."""
+    """A storefront interaction on ``events``. Unknown extra fields are kept.
+
+    Ranges: ids of 1 to ``MAX_ID_CHARS`` characters; ``ts`` inside
+    ``TS_RANGE``; ``price`` from 0 to 10^9; ``quantity`` from 1 to 10^7.
+    """
 
     model_config = ConfigDict(frozen=True, strict=True, extra="allow")
 
-    event_id: str = Field(min_length=1)
+    event_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     type: EventType
-    user_id: str = Field(min_length=1)
-    item_id: str = Field(min_length=1)
+    user_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    item_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     ts: float
-    rec_id: str | None = None
-    session_id: str | None = None
+    rec_id: str | None = Field(None, max_length=MAX_ID_CHARS)
+    session_id: str | None = Field(None, max_length=MAX_ID_CHARS)
     price: float | None = None
-    quantity: int | None = None
+    quantity: int | None = Field(None, ge=1, le=10_000_000)
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -214,10 +236,15 @@ class Event(_Message):
         # Strict mode refuses an int for a float field; a price of 3 is fine.
         return _as_float(v, "price") if isinstance(v, int) and not isinstance(v, bool) else v
 
-    @field_validator("ts", "price")
+    @field_validator("ts")
     @classmethod
-    def _finite_numbers(cls, v: float | None) -> float | None:
-        return _finite(v)
+    def _ts_in_range(cls, v: float) -> float:
+        return _in_range(_finite(v), *TS_RANGE)
+
+    @field_validator("price")
+    @classmethod
+    def _price_in_range(cls, v: float | None) -> float | None:
+        return _in_range(_finite(v), 0.0, 1e9)
 
 
 class RecommendationRequest(_Message):
@@ -228,8 +255,8 @@ class RecommendationRequest(_Message):
     list's attribution window starts there.
     """
 
-    request_id: str = Field(min_length=1)
-    user_id: str = Field(min_length=1)
+    request_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    user_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     k: int = Field(10, ge=1, le=1000)
     ts: float | None = None
     context: dict[str, Any] | None = None
@@ -241,8 +268,8 @@ class RecommendationRequest(_Message):
 
     @field_validator("ts")
     @classmethod
-    def _finite_ts(cls, v: float | None) -> float | None:
-        return _finite(v)
+    def _ts_in_range(cls, v: float | None) -> float | None:
+        return _in_range(_finite(v), *TS_RANGE)
 
 
 class RankRequest(_Message):
@@ -456,11 +483,30 @@ def _parse(model: type[_Message], raw: bytes | None) -> Any:
         return _describe(exc)
 
 
-def _dead_letter(
-    error: str, raw: bytes | None, topic: str | None, partition: int | None, offset: int | None
+def dead_letter(
+    error: str,
+    raw: bytes | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
 ) -> DeadLetter:
-    text = "" if raw is None else raw.decode("utf-8", errors="replace")
+    """The dead letter of a record: the reason and the record as text, cut to
+    ``MAX_RAW_CHARS`` (so a dead letter is never too large to produce).
+
+    >>> len(dead_letter("too big", b"x" * 10**6).raw) < 5000
+    True
+    """
+    text = "" if raw is None else raw[: 4 * MAX_RAW_CHARS].decode("utf-8", errors="replace")
+    if len(text) > MAX_RAW_CHARS or (raw is not None and len(raw) > 4 * MAX_RAW_CHARS):
+        text = f"{text[:MAX_RAW_CHARS]}... [cut: {len(raw or b'')} bytes in all]"
     return DeadLetter(error=error, raw=text, topic=topic, partition=partition, offset=offset)
+
+
+def too_large(raw: bytes | None, limit: int) -> str | None:
+    """The reason a record over ``limit`` bytes is refused unread, or None."""
+    if raw is not None and len(raw) > limit:
+        return f"record of {len(raw)} bytes is over the {limit}-byte limit (max_record_bytes)"
+    return None
 
 
 def parse_event(
@@ -478,7 +524,7 @@ def parse_event(
     """
     result = _parse(Event, raw)
     if isinstance(result, str):
-        return _dead_letter(result, raw, topic, partition, offset)
+        return dead_letter(result, raw, topic, partition, offset)
     return result
 
 
@@ -491,7 +537,7 @@ def parse_recommendation_request(
     """Parse one ``recommendation-requests`` record; never raises."""
     result = _parse(RecommendationRequest, raw)
     if isinstance(result, str):
-        return _dead_letter(result, raw, topic, partition, offset)
+        return dead_letter(result, raw, topic, partition, offset)
     return result
 
 
@@ -504,7 +550,7 @@ def parse_recommendation(
     """Parse one ``recommendations`` record (read back by the dataflow); never raises."""
     result = _parse(Recommendation, raw)
     if isinstance(result, str):
-        return _dead_letter(result, raw, topic, partition, offset)
+        return dead_letter(result, raw, topic, partition, offset)
     return result
 
 
@@ -517,5 +563,5 @@ def parse_rank_request(
     """Parse one ``rank-requests`` record; never raises."""
     result = _parse(RankRequest, raw)
     if isinstance(result, str):
-        return _dead_letter(result, raw, topic, partition, offset)
+        return dead_letter(result, raw, topic, partition, offset)
     return result

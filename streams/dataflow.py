@@ -67,10 +67,12 @@ from streams.contracts import (
     RecommendationRequest,
     Topics,
     Unattributed,
+    dead_letter,
     encode_vector,
     parse_event,
     parse_recommendation,
     parse_recommendation_request,
+    too_large,
 )
 from streams.experiments import NO_EXPERIMENT, PolicyConfig, assign, load_config
 from streams.fusion import FusionStep, load_weights
@@ -117,16 +119,17 @@ def _arrival(timestamp: tuple[int, int] | None) -> float:
     return time.time()
 
 
-def _parse(topics: Topics, msg: object) -> Trigger | Shown | DeadLetter:
+def _parse(topics: Topics, msg: object, limit: int) -> Trigger | Shown | DeadLetter:
     if isinstance(msg, KafkaError):
         src = msg.msg
-        return DeadLetter(
-            error=f"kafka error: {msg.err}",
-            raw=(src.value or b"").decode("utf-8", errors="replace"),
-            topic=src.topic,
-            partition=src.partition,
-            offset=src.offset,
+        return dead_letter(
+            f"kafka error: {msg.err}", src.value, src.topic, src.partition, src.offset
         )
+    # Refused unread: a record this large would only grow the requests and lists
+    # made from it past what the producer may send (and parsing it costs as much).
+    reason = too_large(msg.value, limit)
+    if reason is not None:
+        return dead_letter(reason, msg.value, msg.topic, msg.partition, msg.offset)
     if msg.topic == topics.recommendations:
         rec = parse_recommendation(msg.value, msg.topic, msg.partition, msg.offset)
         return rec if isinstance(rec, DeadLetter) else Shown(rec)
@@ -473,7 +476,7 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
             add_config=consumer_config(s),
         ),
     )
-    parsed = op.map("parse", raw, lambda m: _parse(topics, m))
+    parsed = op.map("parse", raw, lambda m: _parse(topics, m, s.max_record_bytes))
     split = op.branch("split-dlq", parsed, lambda x: not isinstance(x, DeadLetter))
     keyed = op.key_on("by-user", split.trues, _user_of)
     per_user = op.stateful_map("user-state", keyed, UserStep(catalog, s, policy).apply)

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     linger_ms: float = Field(
         1.0, ge=0, description="producers' linger.ms: how long a record waits to fill a batch"
     )
+    max_record_bytes: int = Field(
+        65_536,
+        ge=1024,
+        description="input records larger than this are dead-lettered unread (far below "
+        "librdkafka's 1 MB message limit, so nothing made from a record can exceed it)",
+    )
     kafka_properties: Path | None = Field(
         None,
         description="a librdkafka properties file (key=value lines: security.protocol, "

@@ -133,7 +133,9 @@ def policy_from_state(state: dict[str, Any]) -> DiversityPolicy:
     seed = state.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError("bandit state: seed must be an integer")
-    policy = POLICIES[name](arms, min(1.0, max(0.0, _number(state["min_exploration"], "min_exploration"))), seed)
+    policy = POLICIES[name](
+        arms, min(1.0, max(0.0, _number(state["min_exploration"], "min_exploration"))), seed
+    )
     for arm in arms:
         policy.pulls[arm] = int(_number(stats[arm]["pulls"], "pulls"))
         policy.reward_sum[arm] = _number(stats[arm]["reward_sum"], "reward_sum")
