@@ -11,6 +11,7 @@ from the latest ``bandit-weights``), or the ranker's default arm.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
@@ -24,6 +25,8 @@ from streams.contracts import RankedItem, RankRequest, Recommendation, rec_id_fo
 from streams.experiments import Arm
 
 __all__ = ["Ranker"]
+
+log = logging.getLogger(__name__)
 
 
 class Ranker:
@@ -79,7 +82,13 @@ class Ranker:
         if mode == "bandit" and self.book is not None:
             arm = Arm.from_name(self.book.pick(segment, request.context))
         elif p.get("arm"):
-            arm = Arm.from_name(str(p["arm"]))
+            try:
+                arm = Arm.from_name(str(p["arm"]))
+            except ValueError as exc:  # pydantic's ValidationError is one too
+                # A record names an arm no config has: rank it with the default
+                # rather than die on it (and again on every redelivery).
+                log.warning("request %s: %s; using the default arm", request.request_id, exc)
+                mode, arm = "fixed", self.default_arm
         else:
             mode, arm = "fixed", self.default_arm
         return {

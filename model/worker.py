@@ -198,6 +198,8 @@ class Worker:
         self.book = PolicyBook(policy)
         metrics.init_labels(policy.variants())
         self.ranker = ranker or load_ranker(settings, self.book)
+        default = getattr(self.ranker, "default_arm", None)
+        self._labels = policy.metric_labels([default.name] if default is not None else [])
         self.signals = SignalsTable(SignalsConfig.from_settings(settings))
         self.fusion_weights: dict | None = None
         self._attach(self.ranker)
@@ -406,10 +408,13 @@ class Worker:
     def _observe(self, rec: Recommendation) -> None:
         """Per-list metrics: latency, variant, arm, rolling diversity and coverage."""
         metrics.EVENT_TO_RECOMMENDATION_SECONDS.observe(rec.latency_ms / 1000.0)
+        labels = self._labels
         metrics.RECOMMENDATIONS.labels(
-            rec.experiment.get("name", ""), rec.experiment.get("variant", "")
+            *labels.variant(rec.experiment.get("name"), rec.experiment.get("variant"))
         ).inc()
-        metrics.ARM_PICKS.labels(str(rec.policy["segment"]), str(rec.policy["arm"])).inc()
+        metrics.ARM_PICKS.labels(
+            labels.segment(rec.policy.get("segment")), labels.arm(rec.policy.get("arm"))
+        ).inc()
         rows = [self._catalog.row[x.item_id] for x in rec.items if x.item_id in self._catalog.row]
         self._recent_lists.append(rows)
         self._recent_ild.append(intra_list_diversity(self._catalog.vectors[rows]))

@@ -74,7 +74,7 @@ from streams.contracts import (
     parse_recommendation_request,
     too_large,
 )
-from streams.experiments import NO_EXPERIMENT, PolicyConfig, assign, load_config
+from streams.experiments import NO_EXPERIMENT, MetricLabels, PolicyConfig, assign, load_config
 from streams.fusion import FusionStep, load_weights
 from streams.kafka import consumer_config, producer_config
 from streams.settings import Settings
@@ -382,25 +382,23 @@ def _publish_fusion(kv: tuple[str, dict | None]) -> list[FusionWeights]:
     return [] if kv[1] is None else [FusionWeights(kv[1])]
 
 
-def _record(item: ListReward) -> ListReward:
+def _record(labels: MetricLabels, item: ListReward) -> ListReward:
     """Per-arm metrics for every closed list (bandit or fixed)."""
-    metrics.BANDIT_PULLS.labels(item.segment, item.arm).inc()
-    metrics.BANDIT_REWARD.labels(item.segment, item.arm).inc(item.reward)
+    segment, arm = labels.segment(item.segment), labels.arm(item.arm)
+    metrics.BANDIT_PULLS.labels(segment, arm).inc()
+    metrics.BANDIT_REWARD.labels(segment, arm).inc(item.reward)
     return item
 
 
-def _to_sink(topics: Topics, item: object) -> KafkaSinkMessage:
+def _to_sink(topics: Topics, labels: MetricLabels, item: object) -> KafkaSinkMessage:
     if isinstance(item, DeadLetter):
         metrics.DEAD_LETTERS.labels(item.topic or "unknown").inc()
         return KafkaSinkMessage(key=None, value=item.to_bytes(), topic=topics.events_dlq)
     if isinstance(item, Outcome):
-        metrics.OUTCOMES.labels(
-            item.experiment["name"], item.experiment["variant"], item.type
-        ).inc()
+        name, variant = labels.variant(item.experiment.get("name"), item.experiment.get("variant"))
+        metrics.OUTCOMES.labels(name, variant, item.type).inc()
         if item.revenue is not None:
-            metrics.REVENUE.labels(item.experiment["name"], item.experiment["variant"]).inc(
-                item.revenue
-            )
+            metrics.REVENUE.labels(name, variant).inc(item.revenue)
         return KafkaSinkMessage(
             key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.outcomes
         )
@@ -422,7 +420,9 @@ def _to_sink(topics: Topics, item: object) -> KafkaSinkMessage:
     if isinstance(item, tuple):  # (key, published bandit state)
         key, state = item
         for arm, st in state["stats"].items():
-            metrics.BANDIT_MEAN_REWARD.labels(key, arm).set(st["mean_reward"])
+            metrics.BANDIT_MEAN_REWARD.labels(labels.segment(key), labels.arm(arm)).set(
+                st["mean_reward"]
+            )
         return KafkaSinkMessage(
             key=key.encode("utf-8"),
             value=json.dumps(state).encode("utf-8"),
@@ -457,6 +457,7 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     policy = load_config(s.experiments)
     topics = Topics(s.topic_prefix)
     brokers = s.brokers.split(",")
+    labels = policy.metric_labels()
     metrics.serve(s.metrics_port)
     metrics.init_labels(
         [topics.events, topics.recommendation_requests, topics.recommendations],
@@ -503,7 +504,9 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     )
     bandit_step = BanditStep(policy)
     learn = op.filter(
-        "bandit-lists", op.map("arm-metrics", rewards.trues, _record), lambda r: r.mode == "bandit"
+        "bandit-lists",
+        op.map("arm-metrics", rewards.trues, lambda r: _record(labels, r)),
+        lambda r: r.mode == "bandit",
     )
     weights = op.stateful_map(
         "bandit", op.key_on("by-bandit-key", learn, bandit_step.key), bandit_step
@@ -518,7 +521,7 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     )
     op.output(
         "kafka-out",
-        op.map("to-kafka", merged, lambda x: _to_sink(topics, x)),
+        op.map("to-kafka", merged, lambda x: _to_sink(topics, labels, x)),
         KafkaSink(brokers, topic=None, add_config=producer_config(s)),
     )
     return flow

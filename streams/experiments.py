@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "MetricLabels",
+    "OTHER",
     "Arm",
     "BanditConfig",
     "AttributionConfig",
@@ -178,6 +183,38 @@ class Experiment(_Strict):
         return self
 
 
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class MetricLabels:
+    """Label values a metric may carry, all from the configuration.
+
+    Segments, arms and experiment stamps reach a process inside records
+    (rank requests, lists read back); copied into labels, a crafted record
+    would make a new Prometheus series per value. Anything not configured
+    is counted under ``other``.
+
+    >>> labels = PolicyConfig().metric_labels()
+    >>> labels.arm("mmr:0.7"), labels.arm("mmr:0.123456"), labels.segment("h0-e0-new")
+    ('mmr:0.7', 'other', 'h0-e0-new')
+    """
+
+    segments: frozenset[str]
+    arms: frozenset[str]
+    variants: frozenset[tuple[str, str]]
+
+    def segment(self, value: object) -> str:
+        return value if value in self.segments else OTHER  # type: ignore[return-value]
+
+    def arm(self, value: object) -> str:
+        return value if value in self.arms else OTHER  # type: ignore[return-value]
+
+    def variant(self, experiment: object, variant: object) -> tuple[str, str]:
+        pair = (experiment, variant)
+        return pair if pair in self.variants else (OTHER, OTHER)  # type: ignore[return-value]
+
+
 class PolicyConfig(_Strict):
     """The whole file: arms, bandit, attribution and experiments."""
 
@@ -224,6 +261,20 @@ class PolicyConfig(_Strict):
         """Every (experiment, variant) a list can carry, ``NO_EXPERIMENT`` included."""
         pairs = [(e.name, v.name) for e in self.experiments for v in e.variants]
         return [(NO_EXPERIMENT["name"], NO_EXPERIMENT["variant"]), *pairs]
+
+    def metric_labels(self, extra_arms: Iterable[str] = ()) -> MetricLabels:
+        """The label values metrics may carry: every segment the bandit config can
+        name, the configured arms (and ``extra_arms``), every (experiment, variant)."""
+        b = self.bandit
+        values = {
+            "history": [f"h{i}" for i in range(len(b.history_buckets) + 1)],
+            "entropy": [f"e{i}" for i in range(len(b.entropy_buckets) + 1)],
+            "returning": ["new", "ret"],
+        }
+        names = product(*(values[f] for f in b.segment_features))
+        segments = {"-".join(n) or "all" for n in names} | {"all", "global"}
+        arms = {a.name for a in [*self.arms, self.default_arm]} | set(extra_arms)
+        return MetricLabels(frozenset(segments), frozenset(arms), frozenset(self.variants()))
 
     def arm(self, name: str) -> Arm:
         """An arm by name (``reranker:trade_off``)."""

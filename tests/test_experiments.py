@@ -285,3 +285,29 @@ def test_arm_from_a_bad_name_raises() -> None:
         Arm.from_name("mmr")
     with pytest.raises(ValueError, match="unknown reranker"):
         Arm.from_name("shuffle:0.5")
+
+
+def test_metric_labels_come_from_the_config_and_the_rest_is_other() -> None:
+    from streams.experiments import OTHER, PolicyConfig
+
+    labels = PolicyConfig().metric_labels(extra_arms=["dpp:0.3"])
+    # 3 history x 3 entropy x 2 returning buckets, plus "all" and LinUCB's "global".
+    assert len(labels.segments) == 3 * 3 * 2 + 2 and labels.segment("h2-e1-ret") == "h2-e1-ret"
+    assert labels.segment("h9-crafted") == OTHER and labels.segment(None) == OTHER
+    assert labels.arm("dpp:0.3") == "dpp:0.3" and labels.arm("mmr:0.7000001") == OTHER
+    assert labels.variant("none", "default") == ("none", "default")
+    assert labels.variant("made-up", "x") == (OTHER, OTHER)
+
+
+@pytest.mark.parametrize("arm", ["bogus:zz", "mmr:5", "nope:0.5", "mmr"])
+def test_a_request_naming_an_arm_no_config_has_gets_the_default_arm(arm: str) -> None:
+    from model.ranker import Ranker
+    from model.rerank import MMR
+    from streams.contracts import RankRequest
+
+    ranker = Ranker(None, MMR(), None, 0.7, "test")  # type: ignore[arg-type]
+    request = RankRequest(
+        request_id="r", user_id="u", k=3, arrival_ts=0.0, created_ts=0.0,
+        policy={"mode": "fixed", "arm": arm, "segment": "all"},
+    )  # fmt: skip
+    assert ranker.choose(request)["arm"] == "mmr:0.7"
