@@ -156,11 +156,11 @@ class FusionScorer(Scorer):
 
     def _merge(
         self, request: RankRequest, found: Candidates, seq_top: np.ndarray, view: SignalsView | None
-    ) -> tuple[np.ndarray, int]:
-        """Retrieved candidates + seq + covis/trending -> (catalog rows in first-found
-        order, how many of them came from retrieval). Arrays, not one object per
-        candidate: a few hundred candidates per request made per-candidate
-        objects the slowest part of ranking."""
+    ) -> np.ndarray:
+        """Retrieved candidates + seq + covis/trending -> catalog rows in first-found
+        order, the retrieved ones first. Arrays, not one object per candidate: a
+        few hundred candidates per request made per-candidate objects the
+        slowest part of ranking."""
         exclude = set(request.exclude)
         ids = self.catalog.item_ids
         rows = found.rows.tolist()
@@ -176,7 +176,7 @@ class FusionScorer(Scorer):
                 if row is not None and row not in taken and c.item_id not in exclude:
                     taken.add(row)
                     rows.append(row)
-        return np.asarray(rows, dtype=np.int64), len(found)
+        return np.asarray(rows, dtype=np.int64)
 
     # --- features ---------------------------------------------------------
 
@@ -258,7 +258,7 @@ class FusionScorer(Scorer):
             # One signals view per request serves both the candidates and the features.
             table = self.signals
             view = None if table is None else table.view(list(r.recent_items), now)
-            rows, _ = self._merge(r, found, seq_top, view)
+            rows = self._merge(r, found, seq_top, view)
             lm_scores = None if self.lm is None else self.lm.score_rows(r, rows, queries[i])
             sorted_lp = None if ordered is None else ordered[i]
             out.append((rows, self._features(r, found, rows, lm_scores, lp, sorted_lp, view)))

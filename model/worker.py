@@ -1,14 +1,17 @@
 """The inference worker: ``rank-requests`` -> LM scoring + reranking -> ``recommendations``.
 
-The loop, per micro-batch:
+The loop, per consumed window:
 
-1. consume up to ``batch_size`` records, waiting at most ``max_wait_ms``;
-2. parse them; records that are not valid rank requests go to
-   ``rank-requests.dlq`` with the reason;
-3. skip request ids this process already answered (redelivery);
-4. rank the batch in one LM forward pass (``model.ranker.Ranker``);
-5. produce the lists (key = user_id) and dead letters, and flush;
-6. only then commit the consumed offsets: at-least-once, and a duplicate
+1. wait for a request, then at most ``max_wait_ms`` for a batch; with a
+   backlog, read up to four batches ahead;
+2. parse them (``plan``); records that are not valid rank requests go to
+   ``rank-requests.dlq`` with the reason; request ids this process already
+   answered are skipped (redelivery), and so are a user's older
+   event-triggered requests when a newer one waits (latest wins);
+3. rank each micro-batch (``rank``: retrieval, scoring, reranking) and
+   produce its lists (key = user_id) at once;
+4. flush, and read the delivery reports;
+5. only then commit the consumed offsets: at-least-once, and a duplicate
    after a crash carries the same deterministic ``rec_id``.
 
 Several workers share ``rank-requests`` through one consumer group.
@@ -350,15 +353,6 @@ class Worker:
                 )
             )
             self._observe(rec)
-        return out
-
-    def handle(self, messages: list[Message]) -> list[Produced]:
-        """Plan and rank a window in micro-batches -> every record to produce."""
-        consumed_ts = time.time()
-        out, requests = self.plan(messages)
-        size = self.settings.batch_size
-        for start in range(0, len(requests), size):
-            out += self.rank(requests[start : start + size], consumed_ts)
         return out
 
     def _recommend(self, requests: list[RankRequest]) -> list[Recommendation]:

@@ -70,9 +70,6 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def item_ids(self, catalog: Catalog) -> list[str]:
-        return [catalog.item_ids[r] for r in self.rows.tolist()]
-
 
 def merge(*sources: list[Candidate]) -> list[Candidate]:
     """One candidate per item, in first-found order: sources joined with ``+``,

@@ -300,11 +300,6 @@ class SignalsStep:
             state.add(record, self.cfg)
         return state
 
-    def update(self, state: ItemSignals | None, record: CoVisit | Hit) -> ItemSignals:
-        """Apply ``record`` without building the row (what :class:`SignalsFeed` batches)."""
-        state = state if state is not None else ItemSignals()
-        state.add(record, self.cfg)
-        return state
 
 
 def _decay(dt: float, half_life_s: float) -> float:
@@ -521,7 +516,7 @@ class SignalsFeed:
             state = states.get(key)
             if state is None:
                 state = states[key] = ItemSignals()
-            state.add(record, cfg)  # what SignalsStep.update does, without the call
+            state.add(record, cfg)  # SignalsStep.apply, one record at a time, any items
             dirty[key] = None
             self.rows += 1
 
