@@ -132,17 +132,21 @@ def show(
     return closed
 
 
+def _about(event: Event, rec_id: str) -> dict:
+    """The fields an outcome record copies from its event."""
+    return {
+        "rec_id": rec_id,
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "type": event.type,
+        "event_id": event.event_id,
+        "ts": event.ts,
+    }
+
+
 def _unattributed(event: Event, reason: str) -> Unattributed:
     assert event.rec_id is not None
-    return Unattributed(
-        rec_id=event.rec_id,
-        user_id=event.user_id,
-        item_id=event.item_id,
-        type=event.type,
-        event_id=event.event_id,
-        ts=event.ts,
-        reason=reason,
-    )
+    return Unattributed(**_about(event, event.rec_id), reason=reason)
 
 
 def _foreign(event: Event) -> bool:
@@ -243,12 +247,7 @@ def _credit(target: ShownList, event: Event, cfg: AttributionConfig, how: str) -
     if event.type == "purchase" and event.price is not None and event.quantity is not None:
         revenue = round(event.price * event.quantity, 6)
     return Outcome(
-        rec_id=target.rec_id,
-        user_id=event.user_id,
-        item_id=event.item_id,
-        type=event.type,
-        event_id=event.event_id,
-        ts=event.ts,
+        **_about(event, target.rec_id),
         experiment=target.experiment,
         policy=target.policy,
         revenue=revenue,

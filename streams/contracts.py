@@ -375,7 +375,18 @@ class Recommendation(_Message):
     latency_ms: float
 
 
-class Outcome(_Message):
+class _Interaction(_Message):
+    """The interaction an outcome record is about (the event's own fields)."""
+
+    rec_id: str
+    user_id: str
+    item_id: str
+    type: EventType
+    event_id: str
+    ts: float
+
+
+class Outcome(_Interaction):
     """An interaction attributed to a shown list, on ``outcomes`` (key = user_id).
 
     Emitted once per (rec_id, item_id, type): ``attributed_by`` says whether
@@ -384,19 +395,13 @@ class Outcome(_Message):
     for purchases that carry both, else None.
     """
 
-    rec_id: str
-    user_id: str
-    item_id: str
-    type: EventType
-    event_id: str
-    ts: float
     experiment: dict[str, str]
     policy: dict[str, Any]
     revenue: float | None = None
     attributed_by: Literal["rec_id", "window"]
 
 
-class Unattributed(_Message):
+class Unattributed(_Interaction):
     """An interaction that named a list (``rec_id``) it could not be credited to,
     on ``outcomes.unattributed`` (key = user_id), so nothing is dropped silently.
 
@@ -406,12 +411,6 @@ class Unattributed(_Message):
     list shown to someone else).
     """
 
-    rec_id: str
-    user_id: str
-    item_id: str
-    type: EventType
-    event_id: str
-    ts: float
     reason: Literal["unknown", "expired", "other_user"]
 
 

@@ -301,7 +301,6 @@ class SignalsStep:
         return state
 
 
-
 def _decay(dt: float, half_life_s: float) -> float:
     """0.5 ** (dt / half_life), never growing: a row newer than ``now`` is taken as is."""
     return 0.5 ** (max(0.0, dt) / half_life_s)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DiversityPolicy", "policy_from_state", "_number"]
+__all__ = ["DiversityPolicy", "policy_from_state", "river_counts", "load_river_counts", "_number"]
 
 
 class DiversityPolicy(ABC):
@@ -110,6 +110,23 @@ def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"bandit state: {name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def river_counts(policy: Any, arms: list[str]) -> dict[str, Any]:
+    """A river bandit's step count and pulls per arm (``n``, ``counts``), as numbers."""
+    return {
+        "n": policy._n,
+        "counts": {a: int(c) for a, c in policy._counts.items() if a in arms},
+    }
+
+
+def load_river_counts(policy: Any, params: dict[str, Any], arms: list[str]) -> None:
+    """Take :func:`river_counts` back into a river bandit; ValueError when malformed."""
+    policy._n = int(_number(params["n"], "n"))
+    for arm, count in params["counts"].items():
+        if arm not in arms:
+            raise ValueError(f"bandit state: unknown arm {arm!r}")
+        policy._counts[arm] = int(_number(count, "count"))
 
 
 def policy_from_state(state: dict[str, Any]) -> DiversityPolicy:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from river import bandit, proba
 
-from streams.bandit.base import DiversityPolicy, _number
+from streams.bandit.base import DiversityPolicy, _number, load_river_counts, river_counts
 
 __all__ = ["Thompson"]
 
@@ -51,8 +51,7 @@ class Thompson(DiversityPolicy):
         rewards = self._policy._rewards
         return {
             "beta": {a: [rewards[a].alpha, rewards[a].beta] for a in self.arms if a in rewards},
-            "n": self._policy._n,
-            "counts": {a: int(c) for a, c in self._policy._counts.items() if a in self.arms},
+            **river_counts(self._policy, self.arms),
         }
 
     def _load(self, params: dict[str, Any]) -> None:
@@ -63,8 +62,4 @@ class Thompson(DiversityPolicy):
             dist.alpha, dist.beta = _number(alpha, "alpha"), _number(beta, "beta")
             if dist.alpha <= 0 or dist.beta <= 0:
                 raise ValueError("bandit state: Beta parameters must be positive")
-        self._policy._n = int(_number(params["n"], "n"))
-        for arm, count in params["counts"].items():
-            if arm not in self.pulls:
-                raise ValueError(f"bandit state: unknown arm {arm!r}")
-            self._policy._counts[arm] = int(_number(count, "count"))
+        load_river_counts(self._policy, params, self.arms)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from river import bandit
 
-from streams.bandit.base import DiversityPolicy, _number
+from streams.bandit.base import DiversityPolicy, _number, load_river_counts, river_counts
 
 __all__ = ["UCB"]
 
@@ -46,8 +46,7 @@ class UCB(DiversityPolicy):
         rewards = self._policy._rewards
         return {
             "mean": {a: [rewards[a].n, rewards[a]._mean] for a in self.arms if a in rewards},
-            "n": self._policy._n,
-            "counts": {a: int(c) for a, c in self._policy._counts.items() if a in self.arms},
+            **river_counts(self._policy, self.arms),
             "delta": self._policy.delta,
         }
 
@@ -58,8 +57,4 @@ class UCB(DiversityPolicy):
                 raise ValueError(f"bandit state: unknown arm {arm!r}")
             stat = self._policy._rewards[arm]
             stat.n, stat._mean = _number(n, "n"), _number(mean, "mean")
-        self._policy._n = int(_number(params["n"], "n"))
-        for arm, count in params["counts"].items():
-            if arm not in self.pulls:
-                raise ValueError(f"bandit state: unknown arm {arm!r}")
-            self._policy._counts[arm] = int(_number(count, "count"))
+        load_river_counts(self._policy, params, self.arms)
