@@ -64,6 +64,25 @@ SKIPPED_REQUESTS = Counter(
     "Event-triggered rank requests not ranked because a newer one for the same user "
     "was already waiting (latest wins)",
 )
+SKIPPED_INTERNAL = Counter(
+    "streamrec_worker_skipped_internal_records_total",
+    "Records of the dataflow's internal topics the worker could not use (logged, skipped)",
+    ["topic"],  # the topic's base name: bandit-weights, item-signals, fusion-weights
+)
+UNDELIVERABLE = Counter(
+    "streamrec_worker_undeliverable_records_total",
+    "Records the broker refused for good (too large, not authorised): each list is "
+    "replaced by a dead letter on rank-requests.dlq",
+)
+DELIVERY_RETRIES = Counter(
+    "streamrec_worker_delivery_retries_total",
+    "Records produced again after a retriable delivery failure (timeout, broker down)",
+)
+COMMIT_FAILURES = Counter(
+    "streamrec_worker_commit_failures_total",
+    "Offset commits that failed (lost assignment, rebalance, broker down): the window "
+    "is redelivered and its lists carry the same rec_ids",
+)
 DUPLICATE_REQUESTS = Counter(
     "streamrec_worker_duplicate_requests_total", "Rank requests already answered (skipped)"
 )

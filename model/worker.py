@@ -10,9 +10,16 @@ The loop, per consumed window:
    event-triggered requests when a newer one waits (latest wins);
 3. rank each micro-batch (``rank``: retrieval, scoring, reranking) and
    produce its lists (key = user_id) at once;
-4. flush, and read the delivery reports;
+4. wait until the broker acknowledged every record (``_deliver``), however
+   long it stalls: a retriable failure is produced again, a record refused
+   for good becomes a dead letter on ``rank-requests.dlq``;
 5. only then commit the consumed offsets: at-least-once, and a duplicate
-   after a crash carries the same deterministic ``rec_id``.
+   after a crash or a lost assignment carries the same deterministic
+   ``rec_id``. A failed commit (the group moved on during a stall) is
+   logged and survived: the consumer rejoins by itself.
+
+Nothing read from a topic stops the loop: a bad rank request is a dead
+letter, a bad record on an internal topic a logged skip.
 
 Several workers share ``rank-requests`` through one consumer group.
 
@@ -50,7 +57,7 @@ from pathlib import Path
 from types import FrameType
 
 import numpy as np
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge
 from threadpoolctl import threadpool_limits
 
@@ -71,7 +78,16 @@ from streams.contracts import (
     parse_rank_request,
 )
 from streams.experiments import load_config
-from streams.kafka import TopicFollower, consumer, producer
+from streams.fusion import parse_published
+from streams.kafka import (
+    DeliveryFailed,
+    Produced,
+    TopicFollower,
+    consumer,
+    deliver,
+    produce_checked,
+    producer,
+)
 from streams.settings import Settings
 from streams.signals import SignalRow, SignalsConfig, SignalsTable
 
@@ -102,13 +118,6 @@ SIGNAL_RECORDS = Gauge(
 _LOOKAHEAD = 4
 # How long an idle worker waits for a request before it checks whether to stop.
 _IDLE_POLL_S = 0.2
-
-#: (topic, value, key, headers) of a record to produce.
-Produced = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
-
-
-class DeliveryFailed(RuntimeError):
-    """Produced records were not acknowledged; the batch is left uncommitted."""
 
 
 def build_ranker(
@@ -386,19 +395,6 @@ class Worker:
             if p != "-1" and st.get("consumer_lag", -1) >= 0:
                 metrics.CONSUMER_LAG.labels(p).set(st["consumer_lag"])
 
-    @staticmethod
-    def _produce(prod: Producer, records: list[Produced], failed: list[str]) -> None:
-        """Produce ``records``; a delivery the broker refuses is appended to ``failed``
-        (the loop reads it before committing)."""
-
-        def report(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                failed.append(f"{msg.topic()}: {err}")
-
-        for topic, value, key, headers in records:
-            prod.produce(topic, value=value, key=key, headers=headers, on_delivery=report)
-        prod.poll(0)
-
     def _observe(self, rec: Recommendation) -> None:
         """Per-list metrics: latency, variant, arm, rolling diversity and coverage."""
         metrics.EVENT_TO_RECOMMENDATION_SECONDS.observe(rec.latency_ms / 1000.0)
@@ -428,38 +424,57 @@ class Worker:
         SIGNAL_RECORDS.set(self.signals.records)
 
     def _apply_fusion_weights(self, raw: bytes) -> None:
-        weights = json.loads(raw)
-        if not isinstance(weights, dict) or not isinstance(weights.get("weights"), dict):
-            raise ValueError(f"not a fusion weights object: {str(weights)[:80]}")
+        weights = parse_published(raw)
         self.fusion_weights = weights
         for ranker in [self.ranker, *self._variant_rankers.values()]:
             ranker.fusion_weights = weights
 
-    def _follow(self, topic: str, apply: Callable[[bytes], None]) -> None:
-        """Background thread: ``apply`` every record of ``topic``, from the beginning."""
-        follower = TopicFollower(self.settings.brokers, [topic])
-        try:
-            while not self._stop.is_set():
-                for m in follower.poll(500, 0.5):
-                    try:
-                        apply(m.value())
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("ignoring a bad %s record: %s", topic, exc)
-        finally:
-            follower.close()
+    def _follow(self, topic: str, name: str, apply: Callable[[bytes], None]) -> None:
+        """Background thread: ``apply`` every record of ``topic``, from the beginning.
+
+        A record that cannot be applied is logged and skipped (counted per
+        topic): these topics are compacted and read from the start, so a record
+        that stopped the worker would stop it again at every start. The thread
+        outlives a broker outage: the follower is rebuilt until it connects.
+        """
+        while not self._stop.is_set():
+            try:
+                follower = TopicFollower(self.settings.brokers, [topic])
+            except Exception as exc:  # noqa: BLE001 - retried: the topic may not exist yet
+                log.warning("cannot follow %s yet (%s); retrying", topic, exc)
+                self._stop.wait(2.0)
+                continue
+            try:
+                while not self._stop.is_set():
+                    for m in follower.poll(500, 0.5):
+                        try:
+                            apply(m.value())
+                        except Exception as exc:  # noqa: BLE001 - any bad record is a skip
+                            metrics.SKIPPED_INTERNAL.labels(name).inc()
+                            log.warning(
+                                "skipping a bad %s record (partition %s, offset %s): %s: %s",
+                                topic,
+                                m.partition(),
+                                m.offset(),
+                                type(exc).__name__,
+                                str(exc)[:200],
+                            )
+            finally:
+                follower.close()
 
     def run(self) -> None:
         """The consume -> rank -> produce -> commit loop, until ``stop()``."""
         s = self.settings
         metrics.serve(s.metrics_port)
         t = self.topics
-        for topic, apply in [
-            (t.bandit_weights, lambda raw: self.book.apply(json.loads(raw))),
-            (t.item_signals, self._apply_signal_row),
-            (t.fusion_weights, self._apply_fusion_weights),
+        for topic, name, apply in [
+            (t.bandit_weights, "bandit-weights", lambda raw: self.book.apply(json.loads(raw))),
+            (t.item_signals, "item-signals", self._apply_signal_row),
+            (t.fusion_weights, "fusion-weights", self._apply_fusion_weights),
         ]:
+            metrics.SKIPPED_INTERNAL.labels(name)
             threading.Thread(
-                target=self._follow, args=(topic, apply), name=topic, daemon=True
+                target=self._follow, args=(topic, name, apply), name=topic, daemon=True
             ).start()
         if s.artifact is not None:
             threading.Thread(
@@ -495,23 +510,44 @@ class Worker:
                         log.warning("consumer error: %s", m.error())
                 if not messages:
                     continue
-                failed: list[str] = []
+                failed: list[tuple[Produced, KafkaError]] = []
                 dead_letters, requests = self.plan(messages)
-                self._produce(prod, dead_letters, failed)
+                produce_checked(prod, dead_letters, failed)
                 for start in range(0, len(requests), s.batch_size):
                     chunk = requests[start : start + s.batch_size]
                     # Each batch goes out as soon as it is ranked; one flush for the window.
-                    self._produce(prod, self.rank(chunk, consumed_ts), failed)
-                remaining = prod.flush(30)
-                if remaining or failed:
-                    # Stop without committing: a restarted worker gets the window again
-                    # from the last commit, so nothing acknowledged is lost.
-                    raise DeliveryFailed(
-                        f"{remaining} records not delivered within 30 s and {len(failed)} "
-                        f"refused by the broker (first: {failed[:1]}); exiting without "
-                        "committing so the window is redelivered"
-                    )
-                cons.commit(asynchronous=False)
+                    produce_checked(prod, self.rank(chunk, consumed_ts), failed)
+                self._deliver(prod, failed)
+                self._commit(cons)
         finally:
             cons.close()
             prod.flush(10)
+
+    def _deliver(self, prod: Producer, failed: list[tuple[Produced, KafkaError]]) -> None:
+        """Wait for the window's acknowledgements (:func:`streams.kafka.deliver`):
+        retried while the broker stalls, a refused list becomes a dead letter on
+        ``rank-requests.dlq``; raises DeliveryFailed only when stopping."""
+        deliver(
+            prod,
+            failed,
+            self.topics.rank_requests_dlq,
+            stopping=self._stop.is_set,
+            on_retry=metrics.DELIVERY_RETRIES.inc,
+            on_refused=metrics.UNDELIVERABLE.inc,
+        )
+
+    @staticmethod
+    def _commit(cons: object) -> None:
+        """Commit the consumed offsets; a failed commit is survived.
+
+        A commit fails when the group lost this worker's assignment (a broker
+        stall longer than the session timeout, a rebalance): the partitions'
+        next owner gets the window again from the last commit and ranks it to
+        the same deterministic ``rec_id``s, so the duplicate is harmless. The
+        consumer rejoins the group by itself.
+        """
+        try:
+            cons.commit(asynchronous=False)  # type: ignore[attr-defined]
+        except KafkaException as exc:
+            metrics.COMMIT_FAILURES.inc()
+            log.warning("offset commit failed (%s); the window will be redelivered", exc)

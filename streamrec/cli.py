@@ -53,7 +53,7 @@ SequenceModelDir = Annotated[
 ]
 CatalogDir = Annotated[Path | None, _opt("catalog", "A built catalog folder (see `index`)")]
 MetricsPort = Annotated[int, _opt("metrics-port", "Prometheus /metrics port (0 = off)")]
-Partitions = Annotated[int, _opt("partitions", "Partitions per topic when creating topics")]
+Partitions = Annotated[int, _opt("partitions", "Partitions per topic when creating topics", min=1)]
 Rate = Annotated[float, _opt("rate", "Events per second (0 = as fast as possible)")]
 Device = Annotated[str, _opt("device", "auto | cpu | cuda")]
 
@@ -101,6 +101,79 @@ def broker(
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
         b.stop()
+
+
+topics_app = typer.Typer(
+    help="Kafka topics: create every topic streamrec uses on a cluster.",
+    no_args_is_help=True,
+)
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("create")
+def topics_create(
+    brokers: Brokers = "",
+    partitions: Partitions = _d("partitions"),
+    replication_factor: Annotated[
+        int,
+        _opt("replication-factor", "Copies of each partition (at most the brokers)", min=1),
+    ] = 1,
+    topic_prefix: TopicPrefix = "",
+) -> None:
+    """Create every topic streamrec uses that is missing; one line per topic.
+
+    The one topic list (streams.contracts.Topics, the compacted ones with
+    cleanup.policy=compact), so a real cluster and the compose file get what
+    the code reads and writes. Idempotent: an existing topic is left as it
+    is, with a warning when its partitions or replicas differ from the ones
+    asked (Kafka cannot remove partitions).
+    """
+    from confluent_kafka import KafkaException
+
+    from streams.contracts import Topics
+    from streams.kafka import create_topics, describe_topics, wait_until_ready
+
+    s = _settings(brokers=brokers, partitions=partitions, topic_prefix=topic_prefix)
+    if not s.brokers:
+        raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
+    topics = Topics(s.topic_prefix)
+    wait_until_ready(s.brokers)
+    try:
+        created = create_topics(
+            s.brokers,
+            topics.all(),
+            s.partitions,
+            topics.compacted(),
+            replication_factor=replication_factor,
+        )
+    except KafkaException as exc:
+        # The cluster refused (replication factor above its brokers, not
+        # authorised, a config it rejects): its reason, in one line.
+        err = exc.args[0] if exc.args else None
+        reason = f"{err.str()} ({err.name()})" if hasattr(err, "name") else str(exc)
+        typer.echo(f"streamrec: error: cannot create the topics on {s.brokers}: {reason}", err=True)
+        raise typer.Exit(1) from None
+    layout = describe_topics(s.brokers)
+    for name in topics.all():
+        have_partitions, have_replicas = layout.get(name, (s.partitions, replication_factor))
+        shape = f"{have_partitions} partitions, replication {have_replicas}"
+        if name in created:
+            compacted = ", compacted" if name in topics.compacted() else ""
+            typer.echo(f"created: {name} ({shape}{compacted})")
+            continue
+        typer.echo(f"exists: {name} ({shape})")
+        differs = []
+        if have_partitions != s.partitions:
+            differs.append(
+                f"{have_partitions} partitions, not {s.partitions} (Kafka cannot remove "
+                "partitions, and adding some moves keys to other partitions)"
+            )
+        if have_replicas != replication_factor:
+            differs.append(f"replication {have_replicas}, not {replication_factor}")
+        if differs:
+            typer.echo(
+                f"streamrec: warning: {name} has {'; '.join(differs)}: left as it is", err=True
+            )
 
 
 @app.command()
@@ -166,16 +239,27 @@ def dataflow(
     catalog: CatalogDir = None,
     topic_prefix: TopicPrefix = "",
     metrics_port: MetricsPort = 9100,
+    recovery_partitions: Annotated[
+        int,
+        _opt(
+            "recovery-partitions",
+            "Partitions of a new recovery store (-r): at least the workers of the largest "
+            "cluster it will serve; fixed once created",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
     """Run the Bytewax dataflow (wraps `python -m bytewax.run`).
 
-    Extra arguments go to bytewax.run: -w N, -i ID -a 'h:p;h:p', -r DIR, -s S, -b S.
-    With -i, the metrics port is offset by the process id; an empty -r folder
-    gets its recovery partitions created first.
+    Extra arguments go to bytewax.run: -w N, -i ID -a 'h:p;h:p', -r DIR, -s S, -b S
+    (or its BYTEWAX_* variables). With a process id, the metrics port is offset
+    by it; an empty recovery folder gets its partitions created first (by
+    process 0 only: the other processes of a cluster share its store).
     """
     args = list(ctx.args)
-    if "-i" in args:
-        metrics_port = metrics_port + int(args[args.index("-i") + 1]) if metrics_port else 0
+    process_id = _process_id(args)
+    if process_id is not None:
+        metrics_port = metrics_port + process_id if metrics_port else 0
     s = _settings(
         brokers=brokers, catalog=catalog, topic_prefix=topic_prefix, metrics_port=metrics_port
     )
@@ -183,25 +267,68 @@ def dataflow(
         raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
     if s.catalog is None:
         raise click.UsageError("--catalog is required (build one with `streamrec index`)")
-    if "-r" in args:
-        _init_recovery(Path(args[args.index("-r") + 1]))
+    from streams.kafka import wait_until_ready
+
+    wait_until_ready(s.brokers)  # one line now, not librdkafka retrying inside Bytewax
+    recovery = _bytewax_arg(args, "-r", "--recovery-directory", "BYTEWAX_RECOVERY_DIRECTORY")
+    if recovery is not None and not process_id:
+        _init_recovery(Path(recovery), recovery_partitions)
     os.environ.update(settings_env(s))
     cmd = [sys.executable, "-m", "bytewax.run", "streams.dataflow:build_flow()", *args]
     os.execv(sys.executable, cmd)
 
 
-def _init_recovery(path: Path) -> None:
+def _bytewax_arg(args: list[str], short: str, long: str, envvar: str) -> str | None:
+    """The value bytewax.run takes for one of its options.
+
+    ``-x V``, ``--long V`` or ``--long=V`` among ``args``, else its ``BYTEWAX_*``
+    environment variable (bytewax.run reads both, the command line first), else None.
+    """
+    for i, arg in enumerate(args):
+        if arg in (short, long) and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(long + "="):
+            return arg.partition("=")[2]
+    return os.environ.get(envvar)
+
+
+def _process_id(args: list[str]) -> int | None:
+    """This process's id in a Bytewax cluster, found as bytewax.run finds it (None: none).
+
+    ``-i`` / ``BYTEWAX_PROCESS_ID``, else the helm chart's convention: pod
+    ``NAME-N`` of the statefulset ``NAME`` (``BYTEWAX_POD_NAME``,
+    ``BYTEWAX_STATEFULSET_NAME``) is process N.
+    """
+    value = _bytewax_arg(args, "-i", "--process-id", "BYTEWAX_PROCESS_ID")
+    pod = os.environ.get("BYTEWAX_POD_NAME")
+    statefulset = os.environ.get("BYTEWAX_STATEFULSET_NAME")
+    if value is None and pod is not None and statefulset is not None:
+        value = pod.replace(statefulset + "-", "")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.UsageError(f"the Bytewax process id must be a number, got {value!r}") from None
+
+
+def _init_recovery(path: Path, partitions: int = 1) -> None:
     """Create Bytewax recovery partitions in an empty or missing folder.
 
     ``python -m bytewax.recovery`` refuses a folder that already has
     partitions, so a restart (the point of recovery) finds them and goes on.
+    Their number is fixed from then on. Bytewax resumes a store on another
+    number of workers (a rescale), but each partition is written by one
+    worker: a store for a cluster gets at least as many partitions as the
+    largest cluster it will serve has workers.
     """
     import subprocess
 
     if path.is_dir() and any(path.iterdir()):
         return
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), "1"], check=True)
+    cmd = [sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)]
+    subprocess.run(cmd, check=True)
 
 
 @app.command()
@@ -244,7 +371,7 @@ def worker(
     _passive_omp()
     import logging
 
-    from model.worker import Worker
+    from streams.kafka import wait_until_ready
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
     s = _settings(
@@ -263,6 +390,11 @@ def worker(
         reload_interval_s=reload_interval_s,
         sequence_model=sequence_model,
     )
+    if not s.brokers:
+        raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
+    wait_until_ready(s.brokers)  # before loading the model: a wrong setting fails in seconds
+    from model.worker import Worker
+
     w = Worker(s)
     w.install_signal_handlers()
     w.run()

@@ -110,6 +110,11 @@ class EmbeddedBroker:
         return create_topics(self.bootstrap, topics.all(), self.partitions, topics.compacted())
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's id (None when stopped): tests pause it to stage a stall."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -4,7 +4,9 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
 
 ``kafka-in``        KafkaSource on ``events``, ``recommendation-requests`` and
                     ``recommendations`` (the lists read back for attribution)
-``parse``           bytes -> Trigger | Shown | DeadLetter (never raises)
+``parse``           bytes -> Trigger | Shown | DeadLetter (never raises; a source
+                    error that concerns no record, e.g. the broker away, is
+                    logged and dropped)
 ``split-dlq``       bad records branch off to ``events.dlq`` with the reason
 ``by-user``         key by user_id (a user's inputs stay in order on one worker)
 ``user-state``      stateful: decayed embedding, recent items, seen set, item
@@ -33,6 +35,9 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
 ``to-kafka``        each output to its topic: ``rank-requests``, ``outcomes``,
                     ``bandit-weights``, ``item-signals``, ``fusion-weights``,
                     ``events.dlq``
+``kafka-out``       the producer (``streams.sink``): every delivery checked, retried
+                    while the broker is away, a record refused for good
+                    dead-lettered
 
 Run it with ``streamrec dataflow`` (wraps ``python -m bytewax.run``, so
 ``-w``, ``-i/-a`` and the recovery flags work) or directly with
@@ -44,12 +49,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
@@ -76,7 +82,7 @@ from streams.contracts import (
 )
 from streams.experiments import NO_EXPERIMENT, MetricLabels, PolicyConfig, assign, load_config
 from streams.fusion import FusionStep, load_weights
-from streams.kafka import consumer_config, producer_config
+from streams.kafka import consumer_config, producer_config, retriable
 from streams.settings import Settings
 from streams.signals import (
     CoVisit,
@@ -87,10 +93,13 @@ from streams.signals import (
     SignalsStep,
     records,
 )
+from streams.sink import CheckedKafkaSink
 from streams.source import NonBlockingKafkaSource
 from streams.state import StateConfig, UserState, restore, update_state
 
 __all__ = ["build_flow", "UserStep", "BanditStep", "Trigger", "Shown"]
+
+log = logging.getLogger(__name__)
 
 _MAX_PENDING = 64
 # Examples between two publications of the fusion weights (and the first one).
@@ -119,9 +128,21 @@ def _arrival(timestamp: tuple[int, int] | None) -> float:
     return time.time()
 
 
-def _parse(topics: Topics, msg: object, limit: int) -> Trigger | Shown | DeadLetter:
+_last_kafka_warning = 0.0
+
+
+def _parse(topics: Topics, msg: object, limit: int) -> Trigger | Shown | DeadLetter | None:
     if isinstance(msg, KafkaError):
         src = msg.msg
+        if src.value is None and retriable(msg.err):
+            # The broker or the network (a stall, a restart), not a record: nothing
+            # to dead-letter, and the consumer fetches the same offsets again.
+            global _last_kafka_warning
+            metrics.KAFKA_ERRORS.inc()
+            if time.monotonic() - _last_kafka_warning > 10:
+                _last_kafka_warning = time.monotonic()
+                log.warning("kafka source: %s (retrying)", msg.err)
+            return None
         return dead_letter(
             f"kafka error: {msg.err}", src.value, src.topic, src.partition, src.offset
         )
@@ -477,7 +498,7 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
             add_config=consumer_config(s),
         ),
     )
-    parsed = op.map("parse", raw, lambda m: _parse(topics, m, s.max_record_bytes))
+    parsed = op.filter_map("parse", raw, lambda m: _parse(topics, m, s.max_record_bytes))
     split = op.branch("split-dlq", parsed, lambda x: not isinstance(x, DeadLetter))
     keyed = op.key_on("by-user", split.trues, _user_of)
     per_user = op.stateful_map("user-state", keyed, UserStep(catalog, s, policy).apply)
@@ -522,6 +543,6 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     op.output(
         "kafka-out",
         op.map("to-kafka", merged, lambda x: _to_sink(topics, labels, x)),
-        KafkaSink(brokers, topic=None, add_config=producer_config(s)),
+        CheckedKafkaSink(brokers, topics.events_dlq, add_config=producer_config(s)),
     )
     return flow

@@ -32,22 +32,23 @@ publishes; the worker replaces only that set.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
 from river import linear_model, optim
 
-__all__ = ["FusionModel", "FusionStep", "load_weights", "weight_set"]
+__all__ = ["FusionModel", "FusionStep", "load_weights", "parse_published", "weight_set"]
 
 
 def load_weights(path: Path) -> dict:
     """A ``{"bias": b, "weights": {name: w}}`` file, with its optional ``"masked"``
     set of the same shape; ValueError says what is wrong."""
     try:
-        obj = json.loads(Path(path).read_text())
-        weights = _set(obj)
-        if "masked" in obj:
-            weights["masked"] = _set(obj["masked"])
+        weights = parse_published(Path(path).read_text())
+        # A warm start is both sets: a published record's stamps do not apply.
+        weights.pop("filter_seen", None)
+        weights.pop("updates", None)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(
             f"fusion warm start {path}: expected a JSON file "
@@ -68,12 +69,42 @@ def weight_set(weights: Mapping, filter_seen: bool) -> dict:
     return _set(chosen)
 
 
+def parse_published(raw: bytes | str | None) -> dict:
+    """A ``fusion-weights`` record -> its weights; ValueError (or KeyError,
+    TypeError, AttributeError) for anything but finite numbers of that shape.
+
+    The worker scores every candidate with these: a NaN or a string that slipped
+    through would break or silently poison every list.
+    """
+    obj = json.loads(raw)  # type: ignore[arg-type] - None raises TypeError
+    weights = _set(obj)
+    if "masked" in obj:
+        weights["masked"] = _set(obj["masked"])
+    if "filter_seen" in obj:
+        if not isinstance(obj["filter_seen"], bool):
+            raise ValueError("filter_seen must be true or false")
+        weights["filter_seen"] = obj["filter_seen"]
+    if "updates" in obj:
+        weights["updates"] = int(obj["updates"])
+    return weights
+
+
 def _set(obj: Mapping) -> dict:
-    return {"bias": float(obj["bias"]), "weights": _floats(obj["weights"])}
+    return {"bias": _finite(obj["bias"]), "weights": _floats(obj["weights"])}
 
 
 def _floats(weights: Mapping) -> dict[str, float]:
-    return {str(k): float(v) for k, v in weights.items()}
+    return {str(k): _finite(v) for k, v in weights.items()}
+
+
+def _finite(value: object) -> float:
+    """A finite float; a bool or a string is refused rather than coerced."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"a weight must be a number, not {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"a weight must be finite, not {number}")
+    return number
 
 
 class FusionModel:

@@ -8,12 +8,13 @@ reliable ``get_watermark_offsets`` high marks, so nothing here relies on them.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.settings import Settings
@@ -22,13 +23,21 @@ __all__ = [
     "KafkaUnavailable",
     "TopicFollower",
     "create_topics",
+    "describe_topics",
     "wait_until_ready",
     "producer",
     "consumer",
     "kafka_properties",
     "consumer_config",
     "producer_config",
+    "Produced",
+    "produce_checked",
+    "deliver",
+    "retriable",
+    "DeliveryFailed",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 class KafkaUnavailable(RuntimeError):
@@ -90,19 +99,58 @@ def producer_config(settings: Settings | None = None) -> dict[str, object]:
     return {"linger.ms": s.linger_ms, **kafka_properties(s)}
 
 
-def wait_until_ready(brokers: str, timeout_s: float = 15.0) -> None:
-    """Block until the cluster answers a metadata request, or raise KafkaUnavailable."""
-    admin = AdminClient({"bootstrap.servers": brokers, **kafka_properties()})
+def wait_until_ready(brokers: str, timeout_s: float | None = None) -> None:
+    """Block until the cluster answers a metadata request, or raise KafkaUnavailable.
+
+    Every command calls this first, with the same settings its clients get
+    (:func:`kafka_properties`), so a wrong address, TLS or SASL setting ends
+    the command with one line saying what the client last reported, instead
+    of librdkafka retrying (and logging) forever. librdkafka's own log lines
+    are silenced here; their content reaches the reason through ``error_cb``.
+    The timeout defaults to ``connect_timeout_s`` (STREAMREC_CONNECT_TIMEOUT_S).
+    """
+    s = Settings()
+    timeout_s = s.connect_timeout_s if timeout_s is None else timeout_s
+    errors: list[str] = []
+    props = kafka_properties(s)
+    admin = AdminClient(
+        {
+            "bootstrap.servers": brokers,
+            **props,
+            "log_level": 0,
+            "error_cb": lambda err: errors.append(str(err.str())),
+        }
+    )
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            admin.list_topics(timeout=1.0)
+            admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
             return
         except KafkaException as exc:
             last = exc
-            time.sleep(0.1)
-    raise KafkaUnavailable(f"no Kafka broker answered at {brokers} within {timeout_s}s: {last}")
+            admin.poll(0.1)  # serves error_cb: the client's own account of the failure
+    reason = errors[-1] if errors else str(last)
+    raise KafkaUnavailable(
+        f"no Kafka broker answered at {brokers} within {timeout_s:g} s: {reason}"
+        + _settings_hint(props)
+    )
+
+
+# Settings whose values say how a client connects and are no secret.
+_SHOWN = ("security.protocol", "sasl.mechanism", "sasl.mechanisms")
+
+
+def _settings_hint(props: dict[str, str]) -> str:
+    """The client settings that shape the connection, for an error line: the
+    values of the protocol and mechanism, only the names of the rest (they may
+    hold secrets)."""
+    if not props:
+        return ""
+    shown = [f"{k}={props[k]}" for k in _SHOWN if k in props]
+    named = sorted(k for k in props if k not in _SHOWN)
+    parts = shown + ([f"{', '.join(named)} (values not shown)"] if named else [])
+    return f" (client settings from STREAMREC_KAFKA_* / the properties file: {'; '.join(parts)})"
 
 
 def create_topics(
@@ -111,12 +159,16 @@ def create_topics(
     partitions: int,
     compacted: Iterable[str] = (),
     timeout_s: float = 15.0,
+    replication_factor: int = 1,
 ) -> list[str]:
     """Create the missing topics; existing ones are left as they are.
 
     Returns the names that were created. Compacted topics get
     ``cleanup.policy=compact`` (Apache Kafka honours it; the embedded broker
     keeps everything in memory and ignores it, which is harmless for a demo).
+    ``replication_factor`` is each partition's number of copies: 1 for one
+    broker (the default, the demo's and the tests'), typically 3 on a real
+    cluster; a cluster with fewer brokers refuses it (a KafkaException).
     """
     admin = AdminClient({"bootstrap.servers": brokers, **kafka_properties()})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
@@ -125,7 +177,7 @@ def create_topics(
         NewTopic(
             t,
             num_partitions=partitions,
-            replication_factor=1,
+            replication_factor=replication_factor,
             config={"cleanup.policy": "compact"} if t in compacted else {},
         )
         for t in topics
@@ -148,6 +200,24 @@ def create_topics(
             break
         time.sleep(0.05)
     return [t.topic for t in new]
+
+
+def describe_topics(brokers: str, timeout_s: float = 15.0) -> dict[str, tuple[int, int]]:
+    """Every topic of the cluster -> (partitions, replication factor).
+
+    The replication factor is the smallest replica count of the topic's
+    partitions (0 for a topic without partitions). What ``streamrec topics
+    create`` reports for topics that already exist.
+    """
+    admin = AdminClient({"bootstrap.servers": brokers, **kafka_properties()})
+    md = admin.list_topics(timeout=timeout_s).topics
+    return {
+        name: (
+            len(t.partitions),
+            min((len(p.replicas) for p in t.partitions.values()), default=0),
+        )
+        for name, t in md.items()
+    }
 
 
 def producer(brokers: str, **extra: object) -> Producer:
@@ -178,6 +248,118 @@ def consumer(brokers: str, group_id: str, **extra: object) -> Consumer:
     }
     conf.update(extra)
     return Consumer(conf)
+
+
+#: (topic, value, key, headers) of a record to produce.
+Produced = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+# Delivery failures worth producing again: the broker or the network, not the record.
+_RETRIED_ERRORS = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    }
+)
+
+
+def retriable(err: KafkaError) -> bool:
+    """True for a failure of the broker or the network, False for one of the record
+    (too large, not authorised, invalid): the first is produced again, the second
+    would fail the same way forever."""
+    return err.code() in _RETRIED_ERRORS or (err.retriable() and not err.fatal())
+
+
+class DeliveryFailed(RuntimeError):
+    """Asked to stop while produced records were still unacknowledged."""
+
+
+def produce_checked(
+    prod: Producer, records: Iterable[Produced], failed: list[tuple[Produced, KafkaError]]
+) -> None:
+    """Produce ``records``; each one whose delivery fails is appended to ``failed``
+    with its error (:func:`deliver` reads it), and so is one librdkafka refuses at
+    once (over ``message.max.bytes``). A full local queue waits for room."""
+    for record in records:
+        topic, value, key, headers = record
+
+        def report(err: KafkaError | None, _msg: object, record: Produced = record) -> None:
+            if err is not None:
+                failed.append((record, err))
+
+        while True:
+            try:
+                prod.produce(topic, value=value, key=key, headers=headers, on_delivery=report)
+                break
+            except BufferError:
+                prod.poll(0.1)
+            except KafkaException as exc:
+                failed.append((record, exc.args[0]))
+                break
+    prod.poll(0)
+
+
+def deliver(
+    prod: Producer,
+    failed: list[tuple[Produced, KafkaError]],
+    dlq_topic: str,
+    stopping: Callable[[], bool] = lambda: False,
+    on_retry: Callable[[], None] = lambda: None,
+    on_refused: Callable[[], None] = lambda: None,
+) -> None:
+    """Wait until the broker acknowledged everything :func:`produce_checked` sent.
+
+    However long the broker stalls, this waits (librdkafka reconnects by
+    itself) and logs every 10 s. A record whose delivery failed in a retriable
+    way (:func:`retriable`) is produced again, with a growing pause; one the
+    broker refuses for good becomes a dead letter on ``dlq_topic`` saying why
+    (a refused dead letter is logged: there is nothing smaller to send). So a
+    caller that commits its input after this returns has lost nothing it
+    acknowledged, and no record stops it. Raises :class:`DeliveryFailed` only
+    when ``stopping()`` turns true and records stay unacknowledged for 30 s.
+    """
+    from streams.contracts import dead_letter
+
+    waited, backoff = 0.0, 0.1
+    while True:
+        while prod.flush(1.0) > 0:
+            waited += 1.0
+            if stopping() and waited >= 30:
+                raise DeliveryFailed(
+                    "stopping with records the broker has not acknowledged; they are "
+                    "left uncommitted and will be read again"
+                )
+            if waited % 10 == 0:
+                _log.warning("waiting %.0f s for the broker to acknowledge records", waited)
+        if not failed:
+            return
+        again: list[Produced] = []
+        for record, err in failed:
+            if retriable(err):
+                on_retry()
+                again.append(record)
+                continue
+            on_refused()
+            if record[0] == dlq_topic:
+                _log.error("the broker refused a dead letter for good: %s", err)
+                continue
+            _log.warning("the broker refused a %s record for good: %s", record[0], err)
+            letter = dead_letter(
+                f"the broker refused this {record[0]} record for good: {err}", record[1], record[0]
+            )
+            again.append((dlq_topic, letter.to_bytes(), None, None))
+        failed.clear()
+        if any(r[0] != dlq_topic for r in again):
+            time.sleep(backoff)  # a retriable failure: give the broker a moment
+            backoff = min(5.0, backoff * 2)
+        produce_checked(prod, again, failed)
 
 
 class TopicFollower:

@@ -38,6 +38,20 @@ EVENTS = Counter(
 DEAD_LETTERS = Counter(
     "streamrec_dlq_records_total", "Records sent to a dead-letter topic, by source topic", ["topic"]
 )
+DELIVERY_RETRIES = Counter(
+    "streamrec_delivery_retries_total",
+    "Output records produced again after a retriable delivery failure (timeout, broker down)",
+)
+UNDELIVERABLE = Counter(
+    "streamrec_undeliverable_records_total",
+    "Output records the broker refused for good (too large, not authorised): each is "
+    "replaced by a dead letter on events.dlq",
+)
+KAFKA_ERRORS = Counter(
+    "streamrec_kafka_errors_total",
+    "Errors the Kafka source reported that concern no record (broker down, transport): "
+    "logged and skipped, the consumer fetches again by itself",
+)
 DUPLICATE_EVENTS = Counter(
     "streamrec_duplicate_events_total", "Events ignored because their event_id was already applied"
 )

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     linger_ms: float = Field(
         1.0, ge=0, description="producers' linger.ms: how long a record waits to fill a batch"
     )
+    connect_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="how long a command waits for the brokers to answer at start before "
+        "it exits with the reason (wrong address, TLS or SASL settings)",
+    )
     max_record_bytes: int = Field(
         65_536,
         ge=1024,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from functools import cached_property
 
 import numpy as np
 
+from streams.contracts import MAX_ID_CHARS
 from streams.retrieval import Candidate, merge
 from streams.settings import Settings
 
@@ -185,17 +187,48 @@ class SignalRow:
         ).encode("utf-8")
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> SignalRow:
-        """Parse an ``item-signals`` record; raises ValueError, KeyError or TypeError."""
-        obj = json.loads(raw)
+    def from_json(cls, raw: bytes | str | None) -> SignalRow:
+        """Parse an ``item-signals`` record; raises ValueError (or KeyError, TypeError,
+        AttributeError) for anything but a row of finite numbers.
+
+        The topic is internal, but a record on it reaches every worker's ranking:
+        a NaN weight would silently poison the fusion scores, so it is refused here.
+        """
+        obj = json.loads(raw)  # type: ignore[arg-type] - None raises TypeError
+        item_id, neighbours = obj["item_id"], obj["neighbours"]
+        if not isinstance(item_id, str) or not 0 < len(item_id) <= MAX_ID_CHARS:
+            raise ValueError(f"item_id must be a string of 1-{MAX_ID_CHARS} characters")
+        if not isinstance(neighbours, list) or len(neighbours) > _MAX_ROW_NEIGHBOURS:
+            raise ValueError(f"neighbours must be a list of at most {_MAX_ROW_NEIGHBOURS} pairs")
+        pairs = tuple((_id(i), _finite(w, "neighbour weight")) for i, w in neighbours)
         return cls(
-            item_id=str(obj["item_id"]),
-            neighbours=tuple((str(i), float(w)) for i, w in obj["neighbours"]),
-            short=float(obj["short"]),
-            long=float(obj["long"]),
-            ts=float(obj["ts"]),
+            item_id=item_id,
+            neighbours=pairs,
+            short=_finite(obj["short"], "short"),
+            long=_finite(obj["long"], "long"),
+            ts=_finite(obj["ts"], "ts"),
             records=int(obj.get("records", 0)),
         )
+
+
+# A published row holds the top ``covis_n`` neighbours (20 by default); anything far
+# longer did not come from the dataflow.
+_MAX_ROW_NEIGHBOURS = 1000
+
+
+def _finite(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, not {number}")
+    return number
+
+
+def _id(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+        raise ValueError(f"an item id must be a string of 1-{MAX_ID_CHARS} characters")
+    return value
 
 
 @dataclass

@@ -208,9 +208,12 @@ def pipeline(
     catalog: Path,
     dataflow_processes: int = 1,
     workers: int = 1,
+    dataflow_args: tuple[str, ...] = (),
     **overrides: object,
 ):
-    """Run the real dataflow (N Bytewax processes) and M workers as children.
+    """Run the real dataflow (N Bytewax processes, each with ``dataflow_args``,
+    e.g. recovery flags) and M workers as children. The cluster's commands are
+    on ``procs.commands`` (name -> argv), so a test can restart a process.
 
     Every event-triggered request is ranked (``latest_wins`` off) unless a test
     says otherwise: most tests count one list per event.
@@ -227,14 +230,18 @@ def pipeline(
     )
     env = settings_env(s)
     with ProcessGroup(tmp_path / "logs") as procs:
+        commands = {}
         if dataflow_processes == 1:
-            procs.start("dataflow", streamrec_cmd("dataflow"), env)
+            commands["dataflow"] = streamrec_cmd("dataflow", *dataflow_args)
         else:
             addrs = ";".join(f"127.0.0.1:{free_port()}" for _ in range(dataflow_processes))
             for i in range(dataflow_processes):
-                procs.start(
-                    f"dataflow-{i}", streamrec_cmd("dataflow", "-i", str(i), "-a", addrs), env
-                )
+                cluster = ("-i", str(i), "-a", addrs, *dataflow_args)
+                commands[f"dataflow-{i}"] = streamrec_cmd("dataflow", *cluster)
+        for name, cmd in commands.items():
+            procs.start(name, cmd, env)
+        procs.commands = commands  # type: ignore[attr-defined]
+        procs.env = env  # type: ignore[attr-defined]
         for j in range(workers):
             procs.start(f"worker-{j}", streamrec_cmd("worker", "--metrics-port", "0"), env)
         yield procs

@@ -1,8 +1,11 @@
-"""docker-compose.yml, its CPU override and prometheus.yml checked against the code.
+"""docker-compose.yml, its CPU override, .env and prometheus.yml checked against the code.
 
 No Docker engine is needed: the files are parsed and every name they use (CLI
 subcommands, STREAMREC_* variables, topics, volumes, services, metrics ports)
-is checked against what the code and the repository define.
+is checked against what the code and the repository define. The two profiles
+(`single`, the default from .env, and `scale`) are checked as Compose would
+enable their services: each runs one Bytewax cluster, and Prometheus finds
+every process of either.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from streams.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 CPU_OVERRIDE = ROOT / "docker-compose.cpu.yml"
+DOTENV = ROOT / ".env"
 PROMETHEUS = ROOT / "infra" / "prometheus" / "prometheus.yml"
+# The dataflow/worker setups, one active at a time (Compose `profiles`).
+PROFILES = ("single", "scale")
 
 # Executables the third-party images are known to ship (by image name without
 # the tag), for entrypoints, commands and healthchecks. Our own image runs
@@ -35,6 +41,7 @@ IMAGE_BINARIES = {
 OWN_BINARIES = {"streamrec", "python", "/bin/sh"}
 # Services that run a streamrec process, and the settings each cannot start without.
 REQUIRED_ENV = {
+    "kafka-init": {"STREAMREC_BROKERS", "STREAMREC_PARTITIONS", "STREAMREC_REPLICATION_FACTOR"},
     "dataflow": {"STREAMREC_BROKERS", "STREAMREC_CATALOG", "STREAMREC_METRICS_PORT"},
     "worker": {"STREAMREC_BROKERS", "STREAMREC_CATALOG", "STREAMREC_METRICS_PORT"},
     "replayer": {"STREAMREC_BROKERS", "STREAMREC_DATA"},
@@ -100,6 +107,38 @@ def _host_port(mapping: str | dict) -> str | None:
     return parts[-2] if len(parts) >= 2 else None
 
 
+def _enabled(profile: str) -> dict[str, dict]:
+    """The services Compose runs with this one profile active: those without
+    `profiles` and those that list it."""
+    return {
+        name: service
+        for name, service in SERVICES.items()
+        if not service.get("profiles") or profile in service["profiles"]
+    }
+
+
+def _flag(words: list[str], flag: str) -> str | None:
+    """The value after ``flag`` in a command (None: not given)."""
+    return words[words.index(flag) + 1] if flag in words else None
+
+
+def _runs(service: dict, subcommand: str) -> bool:
+    """Whether the service is a `streamrec SUBCOMMAND` process of our image."""
+    command = _words(service.get("command"))
+    return _own(service) and "entrypoint" not in service and command[:1] == [subcommand]
+
+
+def _dataflow_processes(services: dict[str, dict]) -> dict[str, tuple[int | None, int]]:
+    """Dataflow services -> (Bytewax process id or None, metrics port it serves on)."""
+    out = {}
+    for name, service in services.items():
+        if _runs(service, "dataflow"):
+            pid = _flag(_words(service["command"]), "-i")
+            port = int(_env(service)["STREAMREC_METRICS_PORT"]) + int(pid or 0)
+            out[name] = (None if pid is None else int(pid), port)
+    return out
+
+
 def _cli_envvars(commands: dict | None = None) -> set[str]:
     """Every STREAMREC_* variable a CLI option reads (some are not Settings fields)."""
     names: set[str] = set()
@@ -128,8 +167,12 @@ def test_commands_are_streamrec_subcommands_or_binaries_of_the_image() -> None:
         if entrypoint:
             assert entrypoint[0] in binaries, f"{name}: unknown entrypoint {entrypoint[0]}"
         elif command and _own(service):
-            # The image's entrypoint is `streamrec`: the command is a subcommand.
+            # The image's entrypoint is `streamrec`: the command is a subcommand,
+            # and a group's (`topics`) is followed by one of its own.
             assert command[0] in subcommands, f"{name}: `streamrec {command[0]}` does not exist"
+            group = getattr(_cli()[command[0]], "commands", None)
+            if group is not None:
+                assert command[1:2] and command[1] in group, f"{name}: `streamrec {command}`"
         elif command:
             # A third-party image's own entrypoint, given flags.
             assert command[0].startswith("-"), f"{name}: {command[0]} is not a flag"
@@ -167,14 +210,24 @@ def test_streamrec_services_set_what_they_need() -> None:
         Settings(**{k: v for k, v in fields.items() if k in Settings.model_fields})
 
 
-def test_kafka_init_creates_every_topic_the_code_uses() -> None:
-    env = _env(SERVICES["kafka-init"])
-    topics = Topics("")
-    created = set(env["TOPICS"].split()) | set(env["COMPACTED_TOPICS"].split())
-    assert created == set(topics.all())
-    assert set(env["COMPACTED_TOPICS"].split()) == topics.compacted()
-    assert int(env["PARTITIONS"]) >= Settings.model_fields["partitions"].default
-    assert _env(SERVICES["dataflow"]).get("STREAMREC_TOPIC_PREFIX", "") == topics.prefix
+def test_kafka_init_creates_the_topics_with_streamrec_topics_create() -> None:
+    """The product's one topic list (streams.contracts.Topics), no list of its own."""
+    init = SERVICES["kafka-init"]
+    assert _own(init) and _words(init["command"]) == ["topics", "create"]
+    assert not init.get("profiles"), "both profiles need the topics"
+    create = _cli()["topics"].commands["create"]  # type: ignore[attr-defined]
+    options = {p.envvar for p in create.params}
+    assert {"STREAMREC_PARTITIONS", "STREAMREC_REPLICATION_FACTOR"} <= options
+    env = _env(init)
+    assert int(env["STREAMREC_PARTITIONS"]) >= Settings.model_fields["partitions"].default
+    # One broker: it cannot hold more than one replica of a partition.
+    kafka = _env(SERVICES["kafka"])
+    assert env["STREAMREC_REPLICATION_FACTOR"] == kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]
+    assert env["STREAMREC_BROKERS"] == "kafka:9092"
+    prefixes = {_env(s).get("STREAMREC_TOPIC_PREFIX", "") for s in SERVICES.values() if _own(s)}
+    assert prefixes == {Topics("").prefix}, "every process reads the topics kafka-init made"
+    assert "kafka-topics.sh --create" not in COMPOSE.read_text()
+    assert "depends_on" in init and init["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
 def test_host_ports_do_not_clash() -> None:
@@ -229,14 +282,124 @@ def test_worker_reserves_a_gpu_and_the_cpu_override_drops_it() -> None:
     assert _env(cpu_worker)["STREAMREC_DEVICE"] == "cpu"
 
 
-@pytest.mark.parametrize(("job", "service"), [("dataflow", "dataflow"), ("worker", "worker")])
-def test_prometheus_scrapes_each_process_on_its_metrics_port(job: str, service: str) -> None:
+def test_dotenv_makes_single_the_default_profile() -> None:
+    """Plain `docker compose up` runs `single`; a --profile flag replaces it."""
+    env = dict(
+        line.split("=", 1)
+        for line in DOTENV.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert env == {"COMPOSE_PROFILES": "single"}
+    used = {p for service in SERVICES.values() for p in service.get("profiles", [])}
+    assert used == set(PROFILES)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_each_profile_runs_one_bytewax_cluster_on_one_recovery_store(profile: str) -> None:
+    services = _enabled(profile)
+    processes = _dataflow_processes(services)
+    assert processes, f"{profile}: no dataflow"
+    commands = {name: _words(services[name]["command"]) for name in processes}
+    if profile == "single":
+        assert list(processes) == ["dataflow"]
+        assert processes["dataflow"][0] is None and "-a" not in commands["dataflow"]
+    else:
+        # Process ids 0..n-1, each with the same address list, whose i-th host
+        # is process i's service: one cluster, not n clusters of one.
+        assert len(processes) >= 2
+        ids = sorted(pid for pid, _ in processes.values())
+        assert ids == list(range(len(processes)))
+        addresses = {_flag(c, "-a") for c in commands.values()}
+        assert len(addresses) == 1, addresses
+        hosts = [a.split(":")[0] for a in addresses.pop().split(";")]
+        assert hosts == sorted(processes, key=lambda n: processes[n][0])
+        # The same environment as the single process, so the same topics and catalog.
+        for name in processes:
+            assert _env(services[name]) == _env(SERVICES["dataflow"]), name
+    # One recovery store for every process, created before any of them with
+    # partitions for the largest cluster either profile runs.
+    recovery = {(_flag(c, "-r"), _flag(c, "-s"), _flag(c, "-b")) for c in commands.values()}
+    assert len(recovery) == 1 and None not in recovery.pop()
+    mounts = {v for name in processes for v in services[name]["volumes"] if "recovery" in v}
+    assert mounts == {"recovery:/var/lib/streamrec/recovery"}
+    init = SERVICES["recovery-init"]
+    assert "recovery:/var/lib/streamrec/recovery" in init["volumes"]
+    assert "$$STREAMREC_RECOVERY_PARTITIONS" in init["command"][0]
+    partitions = int(_env(init)["STREAMREC_RECOVERY_PARTITIONS"])
+    largest = max(len(_dataflow_processes(_enabled(p))) for p in PROFILES)
+    assert partitions >= largest
+    for name in processes:
+        assert services[name]["depends_on"]["recovery-init"]["condition"] == (
+            "service_completed_successfully"
+        )
+    # Each process serves and is checked on its own metrics port.
+    for name, (_, port) in processes.items():
+        assert str(port) in [str(p) for p in services[name]["expose"]], name
+        assert f"localhost:{port}/metrics" in " ".join(services[name]["healthcheck"]["test"])
+
+
+def test_the_scale_profile_runs_two_workers_in_one_consumer_group() -> None:
+    for profile, replicas in (("single", 1), ("scale", 2)):
+        workers = {n: s for n, s in _enabled(profile).items() if _runs(s, "worker")}
+        count = sum(int(s.get("deploy", {}).get("replicas", 1)) for s in workers.values())
+        assert count == replicas, (profile, sorted(workers))
+        # The group id is streamrec-worker plus the topic prefix: same brokers
+        # and prefix, same group (model/worker.py); the rest alike too.
+        assert len({frozenset(_env(s).items()) for s in workers.values()}) == 1, profile
+    # The CPU override runs every worker on the CPU.
+    override = _load(CPU_OVERRIDE)["services"]
+    for name, service in SERVICES.items():
+        if _runs(service, "worker"):
+            assert override[name]["deploy"]["resources"]["reservations"]["devices"] == [], name
+            assert _env(override[name])["STREAMREC_DEVICE"] == "cpu"
+
+
+def test_no_enabled_service_requires_one_the_profile_disables() -> None:
+    """Compose refuses such a project; the replayer waits for either profile's processes."""
+    for profile in PROFILES:
+        services = _enabled(profile)
+        for name, service in services.items():
+            for target, spec in (service.get("depends_on") or {}).items():
+                if spec.get("required", True):
+                    assert target in services, f"{profile}: {name} requires {target}"
+    waits = SERVICES["replayer"]["depends_on"]
+    for name, service in SERVICES.items():
+        if _runs(service, "dataflow") or _runs(service, "worker"):
+            assert waits[name]["condition"] == "service_healthy", name
+
+
+def _discovered(job: dict) -> set[tuple[str, int]]:
+    """(host, port) that a scrape job finds: static targets and DNS names."""
+    found = set()
+    for static in job.get("static_configs", []):
+        for target in static["targets"]:
+            host, port = target.rsplit(":", 1)
+            found.add((host, int(port)))
+    for dns in job.get("dns_sd_configs", []):
+        assert dns.get("type", "SRV") == "A", "Docker's DNS serves A records"
+        found |= {(name, int(dns["port"])) for name in dns["names"]}
+    return found
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_prometheus_discovers_every_process_of_each_profile(profile: str) -> None:
     config = yaml.safe_load(PROMETHEUS.read_text())
     assert config["global"]["scrape_interval"] == "5s"
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    targets = [t for sc in jobs[f"streamrec-{job}"]["static_configs"] for t in sc["targets"]]
-    port = _env(SERVICES[service])["STREAMREC_METRICS_PORT"]
-    assert targets == [f"{service}:{port}"]
-    assert port == {"dataflow": "9100", "worker": "9200"}[service]
+    # The dashboards and tests/test_dashboards.py know these two jobs.
+    assert set(jobs) == {"streamrec-dataflow", "streamrec-worker"}
+    services = _enabled(profile)
+    dataflow = {(name, port) for name, (_, port) in _dataflow_processes(services).items()}
+    workers = {
+        (name, int(_env(s)["STREAMREC_METRICS_PORT"]))
+        for name, s in services.items()
+        if _runs(s, "worker")
+    }
+    assert workers and {p for _, p in workers} == {9200}
+    assert dataflow <= _discovered(jobs["streamrec-dataflow"])
+    assert workers <= _discovered(jobs["streamrec-worker"])
+    # Nothing else: every name Prometheus looks up is a service of the stack.
+    for job in jobs.values():
+        assert {host for host, _ in _discovered(job)} <= set(SERVICES)
     mounts = SERVICES["prometheus"]["volumes"]
     assert any(str(v).startswith("./infra/prometheus:/etc/prometheus") for v in mounts)

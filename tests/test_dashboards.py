@@ -201,7 +201,8 @@ def _prometheus(binary: str, workdir: Path, scrape_port: int) -> Iterator[_Prome
     """A real Prometheus with the repository's scrape config, pointed at the demo.
 
     The jobs are infra/prometheus/prometheus.yml's; the targets become the demo's
-    ports on 127.0.0.1, scraped every 100 ms: the demo stops its processes as soon
+    ports on 127.0.0.1 (static, in place of the compose network's DNS discovery
+    and its relabelling), scraped every 100 ms: the demo stops its processes as soon
     as the last list is out, and a counter first set in its last second (the dead
     letters, replayed last) still needs two samples for rate().
     """
@@ -209,6 +210,8 @@ def _prometheus(binary: str, workdir: Path, scrape_port: int) -> Iterator[_Prome
     config["global"] = {"scrape_interval": SCRAPE, "scrape_timeout": SCRAPE}
     ports = {"streamrec-dataflow": scrape_port, "streamrec-worker": scrape_port + 100}
     for job in config["scrape_configs"]:
+        job.pop("dns_sd_configs", None)
+        job.pop("relabel_configs", None)
         job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     listen = free_port()

@@ -503,7 +503,7 @@ def test_the_worker_follows_item_signals_and_fusion_weights_onto_its_ranker(
     assert ranker.fusion_weights == worker.fusion_weights == weights[-1]
     assert SIGNAL_ROWS._value.get() - before == 3
     assert not marker.exists()
-    assert len(skipped()) == 2 and all("ignoring a bad" in r.getMessage() for r in skipped())
+    assert len(skipped()) == 2 and all("skipping a bad" in r.getMessage() for r in skipped())
 
 
 def test_one_row_per_batch_equals_the_last_of_one_row_per_record() -> None:

@@ -8,6 +8,7 @@ a key, a fresh policy with the configured arms and exploration is used.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from typing import Any
@@ -19,6 +20,8 @@ from streams.bandit.base import DiversityPolicy
 from streams.experiments import PolicyConfig
 
 __all__ = ["PolicyBook"]
+
+log = logging.getLogger(__name__)
 
 
 class PolicyBook:
@@ -36,11 +39,21 @@ class PolicyBook:
 
     def apply(self, state: dict[str, Any]) -> bool:
         """Take a published state if it is newer than the one held. Returns True if taken."""
+        if not isinstance(state, dict) or not isinstance(state.get("key"), str):
+            raise ValueError("bandit state: not an object with a string key")
         key, updates = state["key"], int(state.get("updates", 0))
+        arms = [a.name for a in self.cfg.arms]
         with self._lock:
             if updates < self._versions.get(key, -1):
                 return False
             policy = policy_from_state(state)
+            # A policy over other arms (another experiments file, or a crafted
+            # record) would pick arms this worker does not serve.
+            if sorted(policy.arms) != sorted(arms):
+                raise ValueError(
+                    f"bandit state for {key!r}: its {len(policy.arms)} arms are not the "
+                    f"{len(arms)} arms of the experiments file"
+                )
             policy.reseed(self._rng.randrange(2**32))
             self._policies[key] = policy
             self._versions[key] = updates
@@ -49,10 +62,19 @@ class PolicyBook:
     def pick(self, segment: str, context: list[float] | None) -> str:
         """An arm name for one list of a user in ``segment`` with ``context``."""
         key = self.key(segment)
+        arms = [a.name for a in self.cfg.arms]
         with self._lock:
             policy = self._policies.get(key)
             if policy is None:
-                policy = new_policy(self.cfg.bandit, [a.name for a in self.cfg.arms])
+                policy = new_policy(self.cfg.bandit, arms)
                 self._policies[key] = policy
             x = None if context is None else np.asarray(context, dtype=np.float64)
-            return policy.pull(x, self._rng)
+            try:
+                return policy.pull(x, self._rng)
+            except (ValueError, IndexError, np.linalg.LinAlgError) as exc:
+                # A state that passed validation but does not fit this request (a
+                # context of another length): start the key afresh, never fail a list.
+                log.warning("bandit key %r: %s; starting it afresh", key, exc)
+                policy = new_policy(self.cfg.bandit, arms)
+                self._policies[key] = policy
+                return policy.pull(x, self._rng)
