@@ -87,6 +87,7 @@ from streams.kafka import (
     deliver,
     produce_checked,
     producer,
+    read_recent,
 )
 from streams.settings import Settings
 from streams.signals import SignalRow, SignalsConfig, SignalsTable
@@ -116,6 +117,11 @@ SIGNAL_RECORDS = Gauge(
 
 # With a backlog, the worker reads up to this many batches ahead (latest-wins, full batches).
 _LOOKAHEAD = 4
+# Request ids remembered as answered (redeliveries are skipped), and how many of the
+# newest lists per partition a starting worker reads back into them, within how long.
+_ANSWERED_KEPT = 100_000
+_SEED_PER_PARTITION = 20_000
+_SEED_BUDGET_S = 5.0
 # How long an idle worker waits for a request before it checks whether to stop.
 _IDLE_POLL_S = 0.2
 
@@ -291,13 +297,38 @@ class Worker:
                     "model reload failed, still serving %s: %s", self.ranker.model_version, exc
                 )
 
+    def _seed_answered(self) -> None:
+        """Remember the requests this worker group answered before it started.
+
+        A worker that died between publishing a window's lists and committing
+        it gets the window again after its restart (and so does the next owner
+        of a partition after a rebalance). Reading back the newest lists on
+        ``recommendations`` lets it skip what was already published instead of
+        publishing it a second time (the same ``rec_id``, so harmless, but
+        noise for every consumer). Best effort: at most ``_SEED_BUDGET_S``.
+        """
+        raws = read_recent(
+            self.settings.brokers, self.topics.recommendations, _SEED_PER_PARTITION, _SEED_BUDGET_S
+        )
+        for raw in raws:
+            try:
+                rec = json.loads(raw)
+                key = rec["request_id"] or f"evt:{rec['trigger_event_id']}"
+            except (ValueError, KeyError, TypeError):
+                continue  # not a list of ours: the dataflow dead-letters it
+            self._remember(str(key))
+        log.info("read back %d recent lists: their requests count as answered", len(raws))
+
+    def _remember(self, request_id: str) -> None:
+        self._answered[request_id] = None
+        if len(self._answered) > _ANSWERED_KEPT:
+            self._answered.popitem(last=False)
+
     def _fresh(self, request: RankRequest) -> bool:
         if request.request_id in self._answered:
             metrics.DUPLICATE_REQUESTS.inc()
             return False
-        self._answered[request.request_id] = None
-        if len(self._answered) > 100_000:
-            self._answered.popitem(last=False)
+        self._remember(request.request_id)
         return True
 
     def plan(self, messages: list[Message]) -> tuple[list[Produced], list[RankRequest]]:
@@ -490,6 +521,7 @@ class Worker:
             },
         )
         prod = producer(s.brokers)
+        self._seed_answered()
         cons.subscribe([self.topics.rank_requests])
         log.info("worker consuming %s", self.topics.rank_requests)
         try:

@@ -35,6 +35,7 @@ __all__ = [
     "deliver",
     "retriable",
     "DeliveryFailed",
+    "read_recent",
 ]
 
 _log = logging.getLogger(__name__)
@@ -360,6 +361,48 @@ def deliver(
             time.sleep(backoff)  # a retriable failure: give the broker a moment
             backoff = min(5.0, backoff * 2)
         produce_checked(prod, again, failed)
+
+
+def read_recent(brokers: str, topic: str, per_partition: int, budget_s: float = 5.0) -> list[bytes]:
+    """The values of the newest ``per_partition`` records of each partition of
+    ``topic``, read for at most ``budget_s`` seconds (what a restarted process
+    can learn from its own recent output).
+
+    The start is the partition's high watermark minus ``per_partition``; the
+    embedded broker's watermarks are not reliable (it reports a high mark of 1),
+    which makes the start the beginning there: a small in-memory topic is read
+    whole. The end is each partition's EOF, so nothing waits on an idle topic.
+    """
+    from confluent_kafka import TopicPartition
+
+    cons = consumer(brokers, "streamrec-read-recent", **{"enable.partition.eof": True})
+    values: list[bytes] = []
+    try:
+        md = cons.list_topics(topic, timeout=budget_s).topics.get(topic)
+        if md is None or md.error is not None:
+            return []
+        parts = []
+        for p in md.partitions:
+            low, high = cons.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=budget_s, cached=False
+            )
+            parts.append(TopicPartition(topic, p, max(low, high - per_partition)))
+        cons.assign(parts)
+        pending = {p.partition for p in parts}
+        deadline = time.monotonic() + budget_s
+        while pending and time.monotonic() < deadline:
+            for m in cons.consume(1000, 0.2):
+                err = m.error()
+                if err is None:
+                    if m.value() is not None:
+                        values.append(m.value())
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition())
+    except KafkaException as exc:
+        _log.warning("could not read back %s: %s", topic, exc)
+    finally:
+        cons.close()
+    return values
 
 
 class TopicFollower:

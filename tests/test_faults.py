@@ -212,3 +212,48 @@ def test_a_client_setting_that_cannot_work_fails_each_command_in_one_line(
     assert lines[0].startswith("streamrec: error: KafkaUnavailable: no Kafka broker answered")
     assert broker.bootstrap in lines[0] and "ssl" in lines[0].lower()
     assert time.monotonic() - started < 30
+
+
+def test_a_restarted_worker_skips_the_requests_its_group_already_answered(
+    tmp_path, broker, topics, catalog_path
+):
+    """Rank requests delivered again after a worker restart (a window published
+    but not committed, a dataflow replaying from recovery) are not published a
+    second time: the new worker reads the recent lists back first."""
+    n = 8
+    events = [(f"u{i % 3}".encode(), _click(i, f"u{i % 3}")) for i in range(n)]
+    with pipeline(tmp_path, broker, topics, catalog_path) as procs:
+        produce_all(broker.bootstrap, topics.events, events)
+        collect(
+            broker.bootstrap, [topics.recommendations], until=lambda ms: len(ms) >= n, procs=procs
+        )
+        procs.stop("worker-0")
+        requests = collect(
+            broker.bootstrap, [topics.rank_requests], until=lambda ms: len(ms) >= n, timeout_s=30
+        )
+        # Every request again, then one new event: its list shows the worker is through.
+        produce_all(
+            broker.bootstrap, topics.rank_requests, [(m.key(), m.value()) for m in requests]
+        )
+        procs.start("worker-0", _worker_cmd(), procs.env)
+        produce_all(broker.bootstrap, topics.events, [(b"u9", _click(100, "u9"))])
+        got = collect(
+            broker.bootstrap,
+            [topics.recommendations],
+            until=lambda ms: any(b"ok-100" in m.value() for m in ms),
+            procs=procs,
+        )
+        time.sleep(1)  # anything published before the new list has arrived by now
+        got = collect(
+            broker.bootstrap, [topics.recommendations], until=lambda ms: False, timeout_s=2
+        )
+        log = (procs.log_dir / "worker-0.log").read_text()
+    triggers = [r["trigger_event_id"] for r in values(got, topics.recommendations)]
+    assert sorted(triggers) == sorted([f"ok-{i}" for i in range(n)] + ["ok-100"])
+    assert f"read back {n} recent lists" in log
+
+
+def _worker_cmd() -> list[str]:
+    from streamrec.processes import streamrec_cmd
+
+    return streamrec_cmd("worker", "--metrics-port", "0")
