@@ -185,6 +185,8 @@ class UserStep:
         self.catalog = catalog
         self.settings = settings
         self.policy = policy if policy is not None else load_config(settings.experiments)
+        explicit = "default_arm" in self.policy.model_fields_set
+        self._default_arm = self.policy.default_arm.name if explicit else None
         self.cfg = StateConfig(
             half_life_s=settings.half_life_s,
             event_weights=settings.event_weights,
@@ -310,8 +312,10 @@ class UserStep:
         segment = segment_of(state, self.policy.bandit, found)
         assigned = assign(self.policy, user_id)
         if assigned is None:
+            # Outside every experiment: the experiments file's default arm when it
+            # names one, else none (the worker's ranker serves its own default).
             return (
-                {"mode": self.policy.default_mode, "arm": None, "segment": segment},
+                {"mode": self.policy.default_mode, "arm": self._default_arm, "segment": segment},
                 dict(NO_EXPERIMENT),
                 None,
             )
