@@ -41,6 +41,11 @@ LIST_ILD = Gauge(
     "streamrec_list_ild",
     "Rolling mean intra-list diversity (1 - cosine, catalog vectors) of the last 1000 lists",
 )
+LIST_ILD_RELEVANCE = Gauge(
+    "streamrec_list_ild_relevance",
+    "Rolling mean ILD of the relevance order (top-k by score) of the last 1000 lists' "
+    "candidates: the baseline of streamrec_list_ild (what the reranker's diversity buys)",
+)
 CATALOG_COVERAGE = Gauge(
     "streamrec_catalog_coverage_ratio",
     "Distinct items in the last 1000 lists / catalog size",

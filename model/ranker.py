@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
 
-from model.rerank import Reranker, get_reranker
+from model.rerank import Reranker, get_reranker, intra_list_diversity
 from model.scoring import Scorer
 from streams.bandit.book import PolicyBook
 from streams.catalog import Catalog
@@ -48,6 +49,9 @@ class Ranker:
         self.model_version = model_version
         self.book = book
         self._rerankers: dict[str, Reranker] = {reranker.name: reranker}
+        # ILD@k of the relevance order (top-k by score) of each recent list's
+        # candidates: the baseline the served lists' diversity is measured against.
+        self.relevance_ild: deque[float] = deque(maxlen=1000)
 
     # The worker's followers (and the in-process evaluation) hand the latest
     # streamed item signals and fusion weights to the ranker; a scorer that
@@ -144,6 +148,8 @@ class Ranker:
             )
             chosen = rows[pos].tolist()
             listed = np.asarray(scores)[pos].tolist()
+            top = rows[np.argsort(-np.asarray(scores), kind="stable")[: request.k]]
+            self.relevance_ild.append(intra_list_diversity(self.catalog.vectors[top]))
             if feats is None:
                 out.append([(ids[r], s, None) for r, s in zip(chosen, listed, strict=True)])
                 continue

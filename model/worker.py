@@ -459,6 +459,8 @@ class Worker:
         self._recent_lists.append(rows)
         self._recent_ild.append(intra_list_diversity(self._catalog.vectors[rows]))
         metrics.LIST_ILD.set(float(np.mean(self._recent_ild)))
+        if self.ranker.relevance_ild:
+            metrics.LIST_ILD_RELEVANCE.set(float(np.mean(self.ranker.relevance_ild)))
         distinct = {r for lst in self._recent_lists for r in lst}
         metrics.CATALOG_COVERAGE.set(len(distinct) / max(1, len(self._catalog)))
 

@@ -1,9 +1,13 @@
 """The ``streamrec`` command line: the composition root.
 
 Each command imports its code lazily, so ``streamrec --help`` is instant and
-the dataflow never loads torch. Every flag has an environment variable
-(``STREAMREC_<NAME>``, shown in ``--help``). Exit codes: 0 success, 2 bad
-usage, 1 failure with a one-line reason on stderr.
+the dataflow never loads torch. A flag that sets a setting (a field of
+``streams.settings.Settings``) reads that setting's environment variable
+``STREAMREC_<FIELD>``, one meaning in every command; a flag of one command
+reads ``STREAMREC_<COMMAND>_<FLAG>`` (``STREAMREC_FINETUNE_SEQ_MAX_MINUTES``)
+or none; ``--help`` shows each. Arguments are checked before the heavy
+imports. Exit codes: 0 success, 2 bad usage, 1 failure, each failure with a
+one-line reason on stderr.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Annotated
 
 import click
 import typer
+from pydantic import ValidationError
 
 from streams.settings import Settings
 
@@ -34,27 +39,68 @@ app = typer.Typer(
 )
 
 
-def _opt(name: str, help: str, **kw: object) -> typer.models.OptionInfo:
-    """An option ``--name`` with env var STREAMREC_NAME shown in --help."""
-    env = "STREAMREC_" + name.upper().replace("-", "_")
+_SETTING_VARS = {f"STREAMREC_{name.upper()}" for name in Settings.model_fields}
+
+
+def _opt(
+    name: str, help: str, *, command: str | None = None, **kw: object
+) -> typer.models.OptionInfo:
+    """An option ``--name`` with its environment variable, shown in --help.
+
+    Without ``command`` the flag is the Settings field of its name and reads that
+    setting's variable, STREAMREC_<FIELD>: a variable has one meaning, the field's.
+    A flag of one command (``command="finetune-seq"``, ``"experiment report"``)
+    reads STREAMREC_<COMMAND>_<NAME> (STREAMREC_FINETUNE_SEQ_MAX_MINUTES), so that
+    flags of one name in two commands never share a variable.
+    """
+    if command is None:
+        if name.replace("-", "_") not in Settings.model_fields:
+            raise ValueError(f"--{name} is no Settings field: give its command= (its own variable)")
+        env = "STREAMREC_" + name.upper().replace("-", "_")
+    else:
+        env = "STREAMREC_" + f"{command}_{name}".upper().replace("-", "_").replace(" ", "_")
+        if env in _SETTING_VARS:
+            raise ValueError(f"{command} --{name}: {env} is a setting's variable")
     return typer.Option(f"--{name}", envvar=env, show_envvar=True, help=help, **kw)
 
 
 Brokers = Annotated[str, _opt("brokers", "Kafka bootstrap servers HOST:PORT,... (required)")]
 TopicPrefix = Annotated[str, _opt("topic-prefix", "Prefix for every topic name")]
-Data = Annotated[Path | None, _opt("data", "Dataset folder (default: shared online-retail)")]
+Data = Annotated[
+    Path | None,
+    _opt(
+        "data",
+        "Dataset folder (default: shared online-retail, else the shipped sample)",
+        exists=True,
+        file_okay=False,
+    ),
+]
 Artifact = Annotated[
-    Path | None, _opt("artifact", "Model artifact or HF model folder (default: pretrained)")
+    Path | None,
+    _opt("artifact", "Model artifact or HF model folder (default: pretrained)", exists=True),
 ]
 CacheDir = Annotated[Path, _opt("cache-dir", "Where item vectors and indexes are cached")]
 SequenceModelDir = Annotated[
     Path | None,
-    _opt("sequence-model", "Sequence model folder or its `current` link (`finetune-seq`): fusion"),
+    _opt(
+        "sequence-model",
+        "Sequence model folder or its `current` link (`finetune-seq`): fusion",
+        exists=True,
+    ),
 ]
-CatalogDir = Annotated[Path | None, _opt("catalog", "A built catalog folder (see `index`)")]
-MetricsPort = Annotated[int, _opt("metrics-port", "Prometheus /metrics port (0 = off)")]
+CatalogDir = Annotated[
+    Path | None, _opt("catalog", "A built catalog folder (see `index`)", exists=True)
+]
+MetricsPort = Annotated[
+    int,
+    _opt(
+        "metrics-port",
+        "Prometheus /metrics port of the dataflow (a cluster's process N: + N); the "
+        "worker's is this + 100 unless it is given its own; 0 = off",
+        min=0,
+    ),
+]
 Partitions = Annotated[int, _opt("partitions", "Partitions per topic when creating topics", min=1)]
-Rate = Annotated[float, _opt("rate", "Events per second (0 = as fast as possible)")]
 Device = Annotated[str, _opt("device", "auto | cpu | cuda")]
 
 
@@ -81,11 +127,40 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _iso_date(value: str | None) -> str | None:
+    """A date flag (``2011-11-01``, ISO 8601), checked at once rather than after a model loads."""
+    if value is not None:
+        from datetime import datetime
+
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            msg = f"expected an ISO date such as 2011-11-01, got {value!r}"
+            raise typer.BadParameter(msg) from None
+    return value
+
+
+#: The worker's metrics port is the setting's (the dataflow's) plus this.
+WORKER_METRICS_OFFSET = 100
+
+
+def _worker_metrics_port(port: int | None) -> int:
+    """The worker's metrics port: its own (--metrics-port, STREAMREC_WORKER_METRICS_PORT),
+    else STREAMREC_METRICS_PORT + 100, so one export never makes the dataflow and
+    the worker bind one port; 0 (off) stays 0."""
+    if port is not None:
+        return port
+    base = _settings().metrics_port
+    return base + WORKER_METRICS_OFFSET if base else 0
+
+
 @app.command()
 def broker(
     partitions: Partitions = _d("partitions"),
     topic_prefix: TopicPrefix = "",
-    port: Annotated[int, _opt("port", "Port on 127.0.0.1 (0 = a free one)")] = 0,
+    port: Annotated[
+        int, _opt("port", "Port on 127.0.0.1 (0 = a free one)", command="broker", min=0)
+    ] = 0,
 ) -> None:
     """Run the embedded Kafka-protocol broker (Tansu, in memory) until Ctrl-C."""
     import signal
@@ -116,7 +191,12 @@ def topics_create(
     partitions: Partitions = _d("partitions"),
     replication_factor: Annotated[
         int,
-        _opt("replication-factor", "Copies of each partition (at most the brokers)", min=1),
+        _opt(
+            "replication-factor",
+            "Copies of each partition (at most the brokers)",
+            command="topics create",
+            min=1,
+        ),
     ] = 1,
     topic_prefix: TopicPrefix = "",
 ) -> None:
@@ -183,7 +263,8 @@ def index(
     cache_dir: CacheDir = _d("cache_dir"),
     device: Device = _d("device"),
     link: Annotated[
-        Path | None, _opt("link", "Also point this symlink at the catalog (a fixed path)")
+        Path | None,
+        _opt("link", "Also point this symlink at the catalog (a fixed path)", command="index"),
     ] = None,
 ) -> None:
     """Embed every item of a dataset and build the FAISS index (cached)."""
@@ -207,8 +288,13 @@ def index(
 def replay(
     brokers: Brokers = "",
     data: Data = None,
-    rate: Rate = 0.0,
-    limit: Annotated[int | None, _opt("limit", "Replay only the first N events")] = None,
+    rate: Annotated[
+        float,
+        _opt("rate", "Events per second (0 = as fast as possible)", command="replay", min=0),
+    ] = 0.0,
+    limit: Annotated[
+        int | None, _opt("limit", "Replay only the first N events", command="replay", min=0)
+    ] = None,
     topic_prefix: TopicPrefix = "",
 ) -> None:
     """Produce a dataset's events to `events` in timestamp order."""
@@ -238,13 +324,14 @@ def dataflow(
     brokers: Brokers = "",
     catalog: CatalogDir = None,
     topic_prefix: TopicPrefix = "",
-    metrics_port: MetricsPort = 9100,
+    metrics_port: MetricsPort = _d("metrics_port"),
     recovery_partitions: Annotated[
         int,
         _opt(
             "recovery-partitions",
             "Partitions of a new recovery store (-r): at least the workers of the largest "
             "cluster it will serve; fixed once created",
+            command="dataflow",
             min=1,
         ),
     ] = 1,
@@ -337,7 +424,17 @@ def worker(
     catalog: CatalogDir = None,
     artifact: Artifact = None,
     topic_prefix: TopicPrefix = "",
-    metrics_port: MetricsPort = 9200,
+    metrics_port: Annotated[
+        int | None,
+        _opt(
+            "metrics-port",
+            "Prometheus /metrics port of the worker (default: STREAMREC_METRICS_PORT + 100, "
+            "9200; 0 = off)",
+            command="worker",
+            min=0,
+            callback=_worker_metrics_port,
+        ),
+    ] = None,
     batch_size: Annotated[int, _opt("batch-size", "Max rank requests per micro-batch")] = _d(
         "batch_size"
     ),
@@ -400,12 +497,21 @@ def worker(
     w.run()
 
 
+class DemoRanker(str, Enum):
+    fusion = "fusion"
+    two_tower = "two-tower"
+
+
 @app.command()
 def demo(
-    events: Annotated[int, _opt("events", "How many events of the dataset to replay")] = 1500,
+    events: Annotated[
+        int, _opt("events", "How many events of the dataset to replay", command="demo")
+    ] = 1500,
     # 30 events/s stays below what the worker's LM sustains on a 2-core CPU,
     # so latency measures processing, not a growing backlog.
-    rate: Annotated[float, _opt("rate", "Events per second (0 = as fast as possible)")] = 30.0,
+    rate: Annotated[
+        float, _opt("rate", "Events per second (0 = as fast as possible)", command="demo")
+    ] = 30.0,
     data: Data = None,
     artifact: Artifact = None,
     partitions: Partitions = _d("partitions"),
@@ -415,8 +521,21 @@ def demo(
         Path | None, _opt("experiments", "Experiments file (arms, bandit, A/B tests)")
     ] = None,
     sequence_model: SequenceModelDir = None,
+    ranker: Annotated[
+        DemoRanker,
+        typer.Option(
+            "--ranker",
+            envvar="STREAMREC_DEMO_RANKER",
+            show_envvar=True,
+            help="fusion (trained on first use by `streamrec train`, then cached) | two-tower",
+        ),
+    ] = DemoRanker.fusion,
 ) -> None:
-    """Everything embedded: broker, dataflow, worker, replay, live progress, report."""
+    """Everything embedded: broker, dataflow, worker, replay, live progress, report.
+
+    Serves the fusion ranker: without --sequence-model, the model `streamrec
+    train` makes for the data (a few minutes on first use, cached after).
+    """
     _passive_omp()  # inherited by the dataflow and worker children
     from streamrec.demo import run_demo
 
@@ -429,7 +548,58 @@ def demo(
         metrics_port=metrics_port,
         experiments=experiments,
     )
+    if ranker == DemoRanker.fusion and s.sequence_model is None:
+        from streamrec.train import TooLittleData, train
+
+        try:
+            s = s.model_copy(update={"sequence_model": train(s, log=typer.echo)})
+        except TooLittleData as exc:
+            typer.echo(f"streamrec: {exc}: serving the two-tower ranker", err=True)
     run_demo(s, events=events, rate=rate)
+
+
+@app.command("train")
+def train_command(
+    data: Data = None,
+    artifact: Artifact = None,
+    cache_dir: CacheDir = _d("cache_dir"),
+    device: Device = _d("device"),
+    max_minutes: Annotated[
+        float,
+        typer.Option(
+            "--max-minutes",
+            envvar="STREAMREC_TRAIN_MAX_MINUTES",
+            show_envvar=True,
+            help="The sequence model's training budget in minutes",
+            min=0.1,
+        ),
+    ] = 3.0,
+    fusion_users: Annotated[
+        int,
+        typer.Option(
+            "--fusion-users",
+            envvar="STREAMREC_TRAIN_FUSION_USERS",
+            show_envvar=True,
+            help="Validation users the fusion weights are fitted on",
+            min=10,
+        ),
+    ] = 600,
+) -> None:
+    """The whole model chain for a dataset: catalog, sequence model, fusion weights.
+
+    Writes CACHE/models/<dataset>-<key>/ (versions and `current`) and points
+    CACHE/models/current at it; the key covers the data, the LM, the options
+    and the code, so a second run with nothing changed finds the model at once.
+    Serve it with `--sequence-model CACHE/models/current`.
+    """
+    _passive_omp()
+    from streamrec.train import TrainOptions, train
+
+    s = _settings(data=data, artifact=artifact, cache_dir=cache_dir, device=device)
+    path = train(
+        s, TrainOptions(max_minutes=max_minutes, fusion_users=fusion_users), log=typer.echo
+    )
+    typer.echo(f"serve it: --sequence-model {path}")
 
 
 experiment_app = typer.Typer(
@@ -465,37 +635,60 @@ def experiment_report(
     brokers: Brokers = "",
     topic_prefix: TopicPrefix = "",
     experiment: Annotated[
-        str | None, _opt("experiment", "Only this experiment (default: every one)")
+        str | None,
+        _opt(
+            "experiment", "Only this experiment (default: every one)", command="experiment report"
+        ),
     ] = None,
     weights: Annotated[
         str | None,
         _opt(
             "weights",
             "Expected shares for the SRM check, e.g. control=0.5,bandit=0.5 (default: equal)",
+            command="experiment report",
         ),
     ] = None,
     since: Annotated[
-        float | None, _opt("since", "Only lists/outcomes at or after (epoch s)")
+        float | None,
+        _opt("since", "Only lists/outcomes at or after (epoch s)", command="experiment report"),
     ] = None,
-    until: Annotated[float | None, _opt("until", "Only lists/outcomes before (epoch s)")] = None,
-    fmt: Annotated[ReportFormat, _opt("format", "markdown | json")] = ReportFormat.markdown,
+    until: Annotated[
+        float | None,
+        _opt("until", "Only lists/outcomes before (epoch s)", command="experiment report"),
+    ] = None,
+    fmt: Annotated[
+        ReportFormat, _opt("format", "markdown | json", command="experiment report")
+    ] = ReportFormat.markdown,
     sequential: Annotated[
-        bool, _opt("sequential", "Decide on the always-valid mSPRT p-values (safe to peek)")
+        bool,
+        _opt(
+            "sequential",
+            "Decide on the always-valid mSPRT p-values (safe to peek)",
+            command="experiment report",
+        ),
     ] = False,
     idle_s: Annotated[
-        float, _opt("idle-s", "Stop reading after this many seconds without a new record")
+        float,
+        _opt(
+            "idle-s",
+            "Stop reading after this many seconds without a new record",
+            command="experiment report",
+        ),
     ] = 3.0,
-    out: Annotated[Path | None, _opt("out", "Write the report here (default: stdout)")] = None,
+    out: Annotated[
+        Path | None,
+        _opt("out", "Write the report here (default: stdout)", command="experiment report"),
+    ] = None,
 ) -> None:
     """Read `recommendations` and `outcomes`; report each variant against the control."""
-    from streams.contracts import Topics
-    from streams.kafka import wait_until_ready
-    from streams.report import experiment_report_from_kafka
-
     s = _settings(brokers=brokers, topic_prefix=topic_prefix)
     if not s.brokers:
         raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
     expected = _weights(weights)
+    from streams.contracts import Topics
+    from streams.kafka import wait_until_ready
+    from streams.report import experiment_report_from_kafka
+
     wait_until_ready(s.brokers)
     report = experiment_report_from_kafka(
         s.brokers,
@@ -519,13 +712,26 @@ def experiment_report(
 
 @app.command()
 def simulate(
-    lists: Annotated[int, _opt("lists", "Lists to simulate (all variants together)")] = 5000,
-    users: Annotated[int, _opt("users", "Simulated users")] = 2000,
-    policy: Annotated[str, _opt("policy", "Bandit policy: thompson | ucb | linucb")] = "thompson",
-    seed: Annotated[int, _opt("seed", "World seed")] = 7,
-    out: Annotated[Path | None, _opt("out", "Write the summary JSON here")] = None,
+    lists: Annotated[
+        int, _opt("lists", "Lists to simulate (all variants together)", command="simulate")
+    ] = 5000,
+    users: Annotated[int, _opt("users", "Simulated users", command="simulate")] = 2000,
+    policy: Annotated[
+        str, _opt("policy", "Bandit policy: thompson | ucb | linucb", command="simulate")
+    ] = "thompson",
+    seed: Annotated[int, _opt("seed", "World seed", command="simulate")] = 7,
+    out: Annotated[
+        Path | None, _opt("out", "Write the summary JSON here", command="simulate")
+    ] = None,
 ) -> None:
     """Simulated shoppers vs the diversity bandit, through the real topics."""
+    from typing import get_args
+
+    from streams.experiments import BanditConfig
+
+    policies = get_args(BanditConfig.model_fields["policy"].annotation)
+    if policy not in policies:
+        raise click.UsageError(f"--policy must be one of {', '.join(policies)}, got {policy!r}")
     from streamrec.simulator import run_simulation
 
     summary = run_simulation(lists=lists, users=users, policy=policy, seed=seed).summary()
@@ -540,7 +746,10 @@ def simulate(
 def evaluate(
     data: Data = None,
     protocol: Annotated[
-        str, _opt("protocol", "leave-last-out (P1) | prequential (P2, online-retail)")
+        str,
+        _opt(
+            "protocol", "leave-last-out (P1) | prequential (P2, online-retail)", command="evaluate"
+        ),
     ] = "leave-last-out",
     methods: Annotated[
         str,
@@ -548,17 +757,34 @@ def evaluate(
             "methods",
             "Comma-separated: popularity,repeat-buy,item-knn,content,streamrec, and the "
             "peers als,bpr (implicit's ALS and BPR; not in the default)",
+            command="evaluate",
         ),
     ] = "popularity,repeat-buy,item-knn,content,streamrec",
     mask: Annotated[
-        str, _opt("mask", "P1 history masking: none | history | both (P2 reports all + new)")
+        str,
+        _opt(
+            "mask",
+            "P1 history masking: none | history | both (P2 reports all + new)",
+            command="evaluate",
+        ),
     ] = "both",
     k: Annotated[int, _opt("k", "List length")] = _d("k"),
     sweep: Annotated[
-        bool, _opt("sweep", "P1: also sweep every reranker x trade-off (sweep.json/.md/.png)")
+        bool,
+        _opt(
+            "sweep",
+            "P1: also sweep every reranker x trade-off (sweep.json/.md/.png)",
+            command="evaluate",
+        ),
     ] = False,
     out: Annotated[
-        Path | None, _opt("out", "Output folder (default: docs/eval/<dataset>-<protocol>)")
+        Path | None,
+        _opt(
+            "out",
+            "Output folder (default: runs/eval-<UTC time>-<dataset>-<protocol>; the committed "
+            "results in docs/eval/ are written only when --out names them)",
+            command="evaluate",
+        ),
     ] = None,
     through_kafka: Annotated[
         bool,
@@ -566,9 +792,12 @@ def evaluate(
             "through-kafka",
             "Instead of the tables: replay --slice events through the real broker, dataflow "
             "and worker and compare their lists with the in-process system",
+            command="evaluate",
         ),
     ] = False,
-    slice_events: Annotated[int, _opt("slice", "Events replayed by --through-kafka")] = 2000,
+    slice_events: Annotated[
+        int, _opt("slice", "Events replayed by --through-kafka", command="evaluate")
+    ] = 2000,
     artifact: Artifact = None,
     sequence_model: SequenceModelDir = None,
     cache_dir: CacheDir = _d("cache_dir"),
@@ -616,26 +845,51 @@ def _passive_omp() -> None:
 
 @app.command()
 def finetune(
-    out: Annotated[Path, _opt("out", "Artifacts folder: writes OUT/<version>/ and OUT/current")],
+    out: Annotated[
+        Path,
+        _opt("out", "Artifacts folder: writes OUT/<version>/ and OUT/current", command="finetune"),
+    ],
     data: Data = None,
     base: Annotated[
-        Path | None, _opt("base", "Base HF model folder or artifact (default: all-MiniLM-L6-v2)")
+        Path | None,
+        _opt(
+            "base",
+            "Base HF model folder or artifact (default: all-MiniLM-L6-v2)",
+            command="finetune",
+        ),
     ] = None,
-    alpha: Annotated[float, _opt("alpha", "Weight of the diversity (uniformity) term")] = 0.1,
-    epochs: Annotated[int, _opt("epochs", "Epochs (each --epoch-pairs fresh pairs)")] = 12,
+    alpha: Annotated[
+        float, _opt("alpha", "Weight of the diversity (uniformity) term", command="finetune")
+    ] = 0.1,
+    epochs: Annotated[
+        int, _opt("epochs", "Epochs (each --epoch-pairs fresh pairs)", command="finetune")
+    ] = 12,
     epoch_pairs: Annotated[
-        int, _opt("epoch-pairs", "Training pairs drawn per epoch (0 = every pair)")
+        int,
+        _opt("epoch-pairs", "Training pairs drawn per epoch (0 = every pair)", command="finetune"),
     ] = 4096,
-    max_steps: Annotated[int, _opt("max-steps", "Stop after this many steps (0 = no cap)")] = 0,
-    batch_size: Annotated[int, _opt("batch-size", "Pairs per step (in-batch negatives)")] = 64,
-    lr: Annotated[float, _opt("lr", "AdamW learning rate")] = 1e-4,
-    seed: Annotated[int, _opt("seed", "Seed for pair sampling, validation users, init")] = 13,
-    val_users: Annotated[int, _opt("val-users", "Validation users (NDCG@10, all items)")] = 300,
-    patience: Annotated[int, _opt("patience", "Epochs without improvement before stopping")] = 3,
+    max_steps: Annotated[
+        int, _opt("max-steps", "Stop after this many steps (0 = no cap)", command="finetune")
+    ] = 0,
+    batch_size: Annotated[
+        int, _opt("batch-size", "Pairs per step (in-batch negatives)", command="finetune", min=1)
+    ] = 64,
+    lr: Annotated[float, _opt("lr", "AdamW learning rate", command="finetune")] = 1e-4,
+    seed: Annotated[
+        int, _opt("seed", "Seed for pair sampling, validation users, init", command="finetune")
+    ] = 13,
+    val_users: Annotated[
+        int, _opt("val-users", "Validation users (NDCG@10, all items)", command="finetune")
+    ] = 300,
+    patience: Annotated[
+        int, _opt("patience", "Epochs without improvement before stopping", command="finetune")
+    ] = 3,
     max_minutes: Annotated[
-        float, _opt("max-minutes", "Training time budget in minutes (0 = none)")
+        float, _opt("max-minutes", "Training time budget in minutes (0 = none)", command="finetune")
     ] = 15.0,
-    resume: Annotated[bool, _opt("resume", "Continue from OUT/checkpoint")] = False,
+    resume: Annotated[
+        bool, _opt("resume", "Continue from OUT/checkpoint", command="finetune")
+    ] = False,
     device: Device = _d("device"),
 ) -> None:
     """Fine-tune the encoder on the data's interactions; publish a versioned artifact."""
@@ -668,24 +922,44 @@ def finetune(
 
 @app.command("finetune-seq")
 def finetune_seq(
-    out: Annotated[Path, _opt("out", "Folder: writes OUT/<version>/ and OUT/current")],
+    out: Annotated[
+        Path, _opt("out", "Folder: writes OUT/<version>/ and OUT/current", command="finetune-seq")
+    ],
     data: Data = None,
     artifact: Artifact = None,
     cache_dir: CacheDir = _d("cache_dir"),
     until: Annotated[
         str | None,
-        _opt("until", "Train only on interactions before this date (e.g. 2011-11-01 for P2)"),
+        _opt(
+            "until",
+            "Train only on interactions before this date (e.g. 2011-11-01 for P2)",
+            command="finetune-seq",
+            callback=_iso_date,
+        ),
     ] = None,
-    max_minutes: Annotated[float, _opt("max-minutes", "Training time budget in minutes")] = 8.0,
-    max_epochs: Annotated[int, _opt("max-epochs", "Epoch cap")] = 200,
-    dim: Annotated[int, _opt("dim", "Hidden size of the transformer")] = 64,
+    max_minutes: Annotated[
+        float, _opt("max-minutes", "Training time budget in minutes", command="finetune-seq")
+    ] = 8.0,
+    max_epochs: Annotated[int, _opt("max-epochs", "Epoch cap", command="finetune-seq")] = 200,
+    dim: Annotated[int, _opt("dim", "Hidden size of the transformer", command="finetune-seq")] = 64,
     fusion_users: Annotated[
-        int, _opt("fusion-users", "Validation users the fusion weights are fitted on")
+        int,
+        _opt(
+            "fusion-users",
+            "Validation users the fusion weights are fitted on",
+            command="finetune-seq",
+        ),
     ] = 2000,
-    seed: Annotated[int, _opt("seed", "Seed for windows, validation users and init")] = 13,
+    seed: Annotated[
+        int, _opt("seed", "Seed for windows, validation users and init", command="finetune-seq")
+    ] = 13,
     trained: Annotated[
         Path | None,
-        _opt("trained", "A sequence-model folder already trained: only fit the fusion, publish"),
+        _opt(
+            "trained",
+            "A sequence-model folder already trained: only fit the fusion, publish",
+            command="finetune-seq",
+        ),
     ] = None,
     baskets_from: Annotated[
         str | None,
@@ -693,6 +967,8 @@ def finetune_seq(
             "baskets-from",
             "Fit the fusion for next-basket lists on the prequential baskets from this "
             "date to --until (online-retail), instead of the next item",
+            callback=_iso_date,
+            command="finetune-seq",
         ),
     ] = None,
     device: Device = _d("device"),
@@ -734,18 +1010,36 @@ def finetune_seq(
 
 @app.command("finetune-cross")
 def finetune_cross(
-    out: Annotated[Path, _opt("out", "Cross-encoder folder to write (model/ + manifest.json)")],
+    out: Annotated[
+        Path,
+        _opt(
+            "out",
+            "Cross-encoder folder to write (model/ + manifest.json)",
+            command="finetune-cross",
+        ),
+    ],
     data: Data = None,
     base: Annotated[
-        Path | None, _opt("base", "Base HF model folder (default: all-MiniLM-L6-v2)")
+        Path | None,
+        _opt("base", "Base HF model folder (default: all-MiniLM-L6-v2)", command="finetune-cross"),
     ] = None,
     first_stage: Annotated[
         Path | None,
-        _opt("first-stage", "Two-tower artifact that mines hard negatives (default: the base)"),
+        _opt(
+            "first-stage",
+            "Two-tower artifact that mines hard negatives (default: the base)",
+            command="finetune-cross",
+        ),
     ] = None,
-    max_minutes: Annotated[float, _opt("max-minutes", "Training time budget in minutes")] = 6.0,
-    max_steps: Annotated[int, _opt("max-steps", "Stop after this many steps (0 = no cap)")] = 0,
-    train_pairs: Annotated[int, _opt("train-pairs", "Training pairs sampled")] = 4096,
+    max_minutes: Annotated[
+        float, _opt("max-minutes", "Training time budget in minutes", command="finetune-cross")
+    ] = 6.0,
+    max_steps: Annotated[
+        int, _opt("max-steps", "Stop after this many steps (0 = no cap)", command="finetune-cross")
+    ] = 0,
+    train_pairs: Annotated[
+        int, _opt("train-pairs", "Training pairs sampled", command="finetune-cross")
+    ] = 4096,
     device: Device = _d("device"),
 ) -> None:
     """Fine-tune the cross-encoder that rescores the top candidates (STREAMREC_CROSS_ENCODER)."""
@@ -773,10 +1067,12 @@ def bench_model(
     ] = None,
     cross_top_n: Annotated[int, _opt("cross-top-n", "Candidates it rescores")] = _d("cross_top_n"),
     batch_size: Annotated[int, _opt("batch-size", "Rank requests per batch")] = _d("batch_size"),
-    batches: Annotated[int, _opt("batches", "Timed batches per path")] = 10,
+    batches: Annotated[int, _opt("batches", "Timed batches per path", command="bench model")] = 10,
     cache_dir: CacheDir = _d("cache_dir"),
     device: Device = _d("device"),
-    as_json: Annotated[bool, _opt("json", "Print JSON instead of a table")] = False,
+    as_json: Annotated[
+        bool, _opt("json", "Print JSON instead of a table", command="bench model")
+    ] = False,
 ) -> None:
     """Item encodes/s, rank requests/s, p50/p99 per batch: fp32, int8, cross-encoder."""
     from rich.console import Console
@@ -921,13 +1217,38 @@ def main() -> None:
         # Not standalone, typer returns an Exit's code (130 for Ctrl-C) instead of exiting.
         code = app(standalone_mode=False)
     except (click.UsageError, _TyperUsageError) as exc:
-        exc.show()
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `streamrec`, `streamrec topics`
+            exc.show()
+        else:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            typer.echo(f"streamrec: error: {_one_line(exc.format_message())}{hint}", err=True)
         sys.exit(2)
+    except ValidationError as exc:
+        # A setting out of range (STREAMREC_K=0, --k 0) is bad usage; any other model's
+        # validation failing is a failure of what was read.
+        typer.echo(f"streamrec: error: {_validation_line(exc)}", err=True)
+        sys.exit(2 if exc.title == Settings.__name__ else 1)
     except (click.Abort, typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-        typer.echo(f"streamrec: error: {type(exc).__name__}: {exc}", err=True)
+        typer.echo(f"streamrec: error: {type(exc).__name__}: {_one_line(str(exc))}", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _validation_line(exc: ValidationError) -> str:
+    """Every error of a pydantic validation in one line; a setting named with its variable."""
+    setting = exc.title == Settings.__name__
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if setting and err["loc"]:
+            where = f"setting {where} (STREAMREC_{str(err['loc'][0]).upper()})"
+        parts.append(f"{where}: {err['msg']}, got {err.get('input')!r}")
+    return ("invalid " if setting else f"invalid {exc.title}: ") + "; ".join(parts)

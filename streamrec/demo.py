@@ -38,6 +38,10 @@ from streams.settings import Settings
 __all__ = ["run_demo", "DemoReport"]
 
 
+# Seconds without a new list, once every rank request is out, that end the replay.
+_SETTLE_S = 3.0
+
+
 @dataclass
 class DemoReport:
     """What the demo measured; also returned for tests and `bench`."""
@@ -55,6 +59,12 @@ class DemoReport:
     dataflow_eps: float = 0.0
     worker_rps: float = 0.0
     lists: dict[str, dict] = field(default_factory=dict)
+    ranker: str = ""  # "fusion" or "two-tower", from the lists' model version
+    model_versions: set[str] = field(default_factory=set)
+    # The worker's rolling ILD@k of the lists it served and of the relevance order
+    # of the same candidates (None when its metrics port is off).
+    ild: float | None = None
+    ild_relevance: float | None = None
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -122,7 +132,7 @@ def run_demo(
         procs.start(
             "worker",
             streamrec_cmd("worker"),
-            {**env, "STREAMREC_METRICS_PORT": str(worker_port)},
+            {**env, "STREAMREC_WORKER_METRICS_PORT": str(worker_port)},
         )
         follower = TopicFollower(
             broker.bootstrap, [topics.rank_requests, topics.recommendations, topics.events_dlq]
@@ -138,6 +148,9 @@ def run_demo(
             s, dataset, events, rate, topics, follower, procs, report, console, idle_timeout_s
         )
         follower.close()
+        if worker_port:
+            report.ild, report.ild_relevance = _worker_ild(worker_port)
+    report.ranker = "fusion" if any("+seq:" in v for v in report.model_versions) else "two-tower"
     _print_report(report, dataset, console)
     return report
 
@@ -211,11 +224,17 @@ def _replay_and_follow(
                     report.recommendations += 1
                     report.latencies_ms.append(rec["latency_ms"])
                     report.lists[rec["user_id"]] = rec
+                    report.model_versions.add(rec["model_version"])
                     rec_first = rec_first or ts
                     rec_last = max(rec_last, ts)
                     bar.update(t_rec, advance=1)
             done = stats and min(report.recommendations, report.rank_requests) >= stats[0].events
-            if done or time.monotonic() - last_progress > idle_timeout_s:
+            # Every request is out but some lists never come: the worker skipped a
+            # user's older requests for a newer one (latest wins). A short quiet
+            # spell then ends the run instead of the whole idle timeout.
+            requested = stats and report.rank_requests >= stats[0].events
+            idle = time.monotonic() - last_progress
+            if done or idle > idle_timeout_s or (requested and idle > _SETTLE_S):
                 break
     thread.join()
     if stats:
@@ -226,6 +245,23 @@ def _replay_and_follow(
         report.dataflow_eps = report.events_in / (rr_last - t0)
     if rec_last > rec_first:
         report.worker_rps = report.recommendations / (rec_last - t0)
+
+
+def _worker_ild(port: int) -> tuple[float | None, float | None]:
+    """The worker's ``streamrec_list_ild`` and ``streamrec_list_ild_relevance`` gauges."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None, None
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("streamrec_list_ild", "streamrec_list_ild_relevance"):
+            found[name] = float(value)
+    return found.get("streamrec_list_ild"), found.get("streamrec_list_ild_relevance")
 
 
 def _titles(dataset: Dataset, items: list[str]) -> list[str]:
@@ -255,7 +291,17 @@ def _print_report(report: DemoReport, dataset: Dataset, console: Console) -> Non
         ("replay", f"{report.replay_s:.1f} s"),
         ("dataflow throughput", f"{report.dataflow_eps:.0f} events/s"),
         ("worker throughput", f"{report.worker_rps:.0f} recommendations/s"),
+        ("ranker (model version)", f"{report.ranker} ({', '.join(sorted(report.model_versions))})"),
     ]
+    if report.ild is not None and report.ild_relevance:
+        gain = 100.0 * (report.ild / report.ild_relevance - 1.0)
+        rows.append(
+            (
+                "ILD@k, last 1000 lists",
+                f"{report.ild:.4f} (relevance order of the same candidates "
+                f"{report.ild_relevance:.4f}: {gain:+.1f}%)",
+            )
+        )
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

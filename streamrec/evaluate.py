@@ -52,8 +52,15 @@ _NOT_MASKED = {"repeat-buy"}
 
 
 def default_out(dataset: Dataset, what: str) -> Path:
-    """``docs/eval/<dataset>-<what>`` (``generic:name`` -> ``generic-name``)."""
-    return Path("docs") / "eval" / f"{dataset.name.replace(':', '-')}-{what}"
+    """``runs/eval-<UTC time>-<dataset>-<what>`` (``generic:name`` -> ``generic-name``).
+
+    A fresh folder per run, never the committed results in ``docs/eval/``: those
+    are rewritten only by a run whose ``--out`` names them.
+    """
+    from datetime import datetime, timezone
+
+    stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    return Path("runs") / f"eval-{stamp}-{dataset.name.replace(':', '-')}-{what}"
 
 
 def _console() -> Console:

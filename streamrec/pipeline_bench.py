@@ -639,13 +639,18 @@ class _Bench:
     def _env(
         self, topics: Topics, metrics_port: int, trigger: bool = True, **update: object
     ) -> dict[str, str]:
-        """A child's STREAMREC_* environment, as ``streamrec demo`` builds it."""
+        """A child's STREAMREC_* environment, as ``streamrec demo`` builds it; the
+        dataflow or the worker it starts serves its metrics on ``metrics_port``."""
         from streamrec.cli import settings_env
 
         s = self.settings.model_copy(
             update={"topic_prefix": topics.prefix, "metrics_port": metrics_port, **update}
         )
-        return {**settings_env(s), "STREAMREC_TRIGGER_ON_EVENTS": str(trigger).lower()}
+        return {
+            **settings_env(s),
+            "STREAMREC_TRIGGER_ON_EVENTS": str(trigger).lower(),
+            "STREAMREC_WORKER_METRICS_PORT": str(metrics_port),
+        }
 
     def _events(self, start: int, stop: int) -> Iterator[tuple[bytes, bytes]]:
         for event in self.dataset.interactions.events(start, stop):

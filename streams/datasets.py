@@ -2,7 +2,8 @@
 
 Three folder shapes are read (see EVALUATION.md, "Interactions per dataset"):
 
-``online-retail``  ``by-day/*.csv`` with the UCI Online Retail header: valid purchase lines
+``online-retail``  ``by-day/*.csv`` (or ``*.csv.gz``) with the UCI Online Retail header:
+                   valid purchase lines
 ``taobao``         ``UserBehavior.csv`` (no header): pv, cart, fav and buy events
 ``generic``        ``interactions.csv`` (user_id,item_id,ts[,type]) + ``items.csv``
                    (item_id,title[,category])
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import hashlib
 import io
 import math
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,8 +53,8 @@ _NON_PRODUCT_CODES = frozenset(
 )
 _TAOBAO_TYPES = {"pv": "click", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
 _SHAPES = (
-    "a dataset folder must hold one of: by-day/*.csv with the Online Retail header "
-    "(online-retail), UserBehavior.csv (taobao), or interactions.csv "
+    "a dataset folder must hold one of: by-day/*.csv or *.csv.gz with the Online Retail "
+    "header (online-retail), UserBehavior.csv (taobao), or interactions.csv "
     "(user_id,item_id,ts[,type]) + items.csv (item_id,title[,category]) (generic)"
 )
 
@@ -158,7 +161,7 @@ def load_dataset(path: Path | str, limit: int | None = None) -> Dataset:
     if not folder.is_dir():
         raise DatasetError(f"{folder} is not a folder; {_SHAPES}")
     reader = _Reader()
-    by_day = sorted((folder / "by-day").glob("*.csv"))
+    by_day = sorted([*(folder / "by-day").glob("*.csv"), *(folder / "by-day").glob("*.csv.gz")])
     if by_day:
         name, items = "online-retail", _read_online_retail(reader, by_day)
     elif (folder / "UserBehavior.csv").is_file():
@@ -201,8 +204,16 @@ class _Reader:
         return self._start + 1
 
     def rows(self, path: Path) -> Iterator[list[str]]:
-        """Yield the fields of every non-blank row (header included) of a UTF-8 CSV file."""
+        """Yield the fields of every non-blank row (header included) of a UTF-8 CSV file.
+
+        A ``.gz`` file is decompressed first; the hash covers the decompressed bytes.
+        """
         data = path.read_bytes()
+        if path.suffix == ".gz":
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise DatasetError(f"{path}: not a readable gzip file ({exc})") from None
         self.hasher.update(path.name.encode() + b"\0" + data)
         try:
             text = data.decode("utf-8-sig")

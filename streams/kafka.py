@@ -41,6 +41,43 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
+class _LibrdkafkaLog:
+    """librdkafka's own log lines into Python logging (``streams.kafka.librdkafka``).
+
+    Every client gets it as confluent-kafka's ``logger``: librdkafka's lines are then
+    records of that logger, served on the client's poll, instead of raw
+    ``%3|...|FAIL|...`` lines on stderr. librdkafka retries a lost broker by itself
+    and logs every attempt (about 30 FAIL lines a second per client), while the
+    product says so itself (wait_until_ready's one line, deliver's every 10 s): so
+    its errors are warnings here, and a client's warning of a facility it logged
+    within the last ``every_s`` seconds is counted into its next one instead of
+    logged. Debug and info lines (``debug=...`` in the client settings) pass as
+    they are.
+    """
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger, self.every_s = logger, every_s
+        self._last: dict[tuple[object, ...], tuple[float, int]] = {}
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        # confluent-kafka calls log(level, "%s [%s] %s", facility, client, text).
+        level = logging.WARNING if level == logging.ERROR else level
+        if level >= logging.WARNING:
+            key, now = args[:2], time.monotonic()
+            shown, dropped = self._last.get(key, (float("-inf"), 0))
+            if now - shown < self.every_s:
+                self._last[key] = (shown, dropped + 1)
+                return
+            self._last[key] = (now, 0)
+            if dropped:
+                msg += f" ({dropped} more like it in the last {self.every_s:g} s)"
+        self.logger.log(level, msg, *args)
+
+
+#: confluent-kafka's ``logger`` of every client (a consumer, producer or admin client).
+LIBRDKAFKA_LOG = _LibrdkafkaLog(_log.getChild("librdkafka"))
+
+
 class KafkaUnavailable(RuntimeError):
     """The brokers did not answer in time; check --brokers / STREAMREC_BROKERS."""
 
@@ -90,14 +127,14 @@ def consumer_config(settings: Settings | None = None) -> dict[str, object]:
     """What every consumer adds to ``bootstrap.servers``: a short fetch wait (latency),
     then :func:`kafka_properties` (which may override it)."""
     s = settings if settings is not None else Settings()
-    return {"fetch.wait.max.ms": s.fetch_wait_ms, **kafka_properties(s)}
+    return {"fetch.wait.max.ms": s.fetch_wait_ms, **kafka_properties(s), "logger": LIBRDKAFKA_LOG}
 
 
 def producer_config(settings: Settings | None = None) -> dict[str, object]:
     """What every producer adds to ``bootstrap.servers``: a short linger (small
     batches, low latency), then :func:`kafka_properties`."""
     s = settings if settings is not None else Settings()
-    return {"linger.ms": s.linger_ms, **kafka_properties(s)}
+    return {"linger.ms": s.linger_ms, **kafka_properties(s), "logger": LIBRDKAFKA_LOG}
 
 
 def wait_until_ready(brokers: str, timeout_s: float | None = None) -> None:
@@ -171,7 +208,9 @@ def create_topics(
     broker (the default, the demo's and the tests'), typically 3 on a real
     cluster; a cluster with fewer brokers refuses it (a KafkaException).
     """
-    admin = AdminClient({"bootstrap.servers": brokers, **kafka_properties()})
+    admin = AdminClient(
+        {"bootstrap.servers": brokers, **kafka_properties(), "logger": LIBRDKAFKA_LOG}
+    )
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     compacted = set(compacted)
     new = [
@@ -210,7 +249,9 @@ def describe_topics(brokers: str, timeout_s: float = 15.0) -> dict[str, tuple[in
     partitions (0 for a topic without partitions). What ``streamrec topics
     create`` reports for topics that already exist.
     """
-    admin = AdminClient({"bootstrap.servers": brokers, **kafka_properties()})
+    admin = AdminClient(
+        {"bootstrap.servers": brokers, **kafka_properties(), "logger": LIBRDKAFKA_LOG}
+    )
     md = admin.list_topics(timeout=timeout_s).topics
     return {
         name: (

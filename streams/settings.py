@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "DEFAULT_EVENT_WEIGHTS", "default_data_dir"]
+from streams import sample_data
+
+__all__ = ["Settings", "DEFAULT_EVENT_WEIGHTS", "SHARED_DATA", "default_data_dir"]
 
 #: How much one event of each type pulls the user embedding towards the item.
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
@@ -26,9 +28,19 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 }
 
 
+#: The shared data folder beside the checkout (``../shared/data``); it need not exist.
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
 def default_data_dir() -> Path:
-    """The shared online-retail data beside the checkout (``../shared/data``)."""
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "online-retail"
+    """The dataset used when neither ``--data`` nor ``STREAMREC_DATA`` names one.
+
+    The full online-retail data in :data:`SHARED_DATA` when that folder exists, else the
+    slice of it that ships with the package (``streams/sample_data/online-retail``).
+    Looked up at each call, so a test can point :data:`SHARED_DATA` elsewhere.
+    """
+    shared = SHARED_DATA / "online-retail"
+    return shared if shared.is_dir() else sample_data.ONLINE_RETAIL
 
 
 class Settings(BaseSettings):
@@ -75,7 +87,11 @@ class Settings(BaseSettings):
     )
 
     # --- data and model ---
-    data: Path = Field(default_factory=default_data_dir, description="dataset folder")
+    data: Path = Field(
+        default_factory=default_data_dir,
+        description="dataset folder; default: ../shared/data/online-retail beside the "
+        "checkout when it exists, else the online-retail sample shipped with the package",
+    )
     artifact: Path | None = Field(None, description="model artifact folder; None = pretrained")
     cache_dir: Path = Field(Path(".cache/streamrec"), description="item vectors and indexes")
     experiments: Path | None = Field(
@@ -195,7 +211,13 @@ class Settings(BaseSettings):
     )
 
     # --- observability ---
-    metrics_port: int = Field(9100, ge=0, description="Prometheus /metrics port; 0 = off")
+    metrics_port: int = Field(
+        9100,
+        ge=0,
+        description="Prometheus /metrics port of the process: the dataflow's (+ its process "
+        "id in a cluster); `streamrec worker` serves on it + 100 unless given its own "
+        "(STREAMREC_WORKER_METRICS_PORT); 0 = off",
+    )
 
     @field_validator("event_weights")
     @classmethod

@@ -95,6 +95,8 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path, generic_data):
                 "40",
                 "--cache-dir",
                 str(tmp_path / "cache"),
+                "--ranker",
+                "two-tower",
             ],
             stdout=out_file,
             stderr=subprocess.STDOUT,
@@ -115,3 +117,46 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path, generic_data):
     assert "recommendations out" in out and "40 (duplicates dropped" in out
     assert "p50 / p95 / p99" in out
     assert _wait_gone(sorted(family)) == []
+
+
+@pytest.mark.integration
+def test_the_demo_serves_the_fusion_ranker_that_train_made_and_cached(tmp_path):
+    """`streamrec train` makes the model chain for a dataset; `streamrec demo` on
+    the same data and cache finds it without a flag (no second training) and
+    its report says the fusion ranker served, with the model version."""
+    from tests.conftest import write_generic_dataset
+
+    data = write_generic_dataset(tmp_path / "data", n_users=60)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "STREAMREC_METRICS_PORT": "0", "COLUMNS": "200"}
+    base = [sys.executable, "-m", "streamrec"]
+    common = ["--data", str(data), "--cache-dir", str(cache)]
+    trained = subprocess.run(
+        [*base, "train", *common, "--max-minutes", "0.2", "--fusion-users", "20"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "model: trained" in trained.stdout
+    again = subprocess.run(
+        [*base, "train", *common, "--max-minutes", "0.2", "--fusion-users", "20"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert again.returncode == 0 and "model: cached" in again.stdout, again.stdout
+    demo = subprocess.run(
+        [*base, "demo", *common, "--events", "60", "--rate", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    out = demo.stdout + demo.stderr
+    assert demo.returncode == 0, out
+    assert "model: cached" in out and "model: trained" not in out
+    line = next(x for x in out.splitlines() if "ranker (model version)" in x)
+    assert "fusion" in line and "+seq:" in line, line

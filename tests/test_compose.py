@@ -18,7 +18,7 @@ import pytest
 import typer
 import yaml
 
-from streamrec.cli import app
+from streamrec.cli import WORKER_METRICS_OFFSET, app
 from streams.contracts import Topics
 from streams.settings import Settings
 
@@ -41,9 +41,13 @@ IMAGE_BINARIES = {
 OWN_BINARIES = {"streamrec", "python", "/bin/sh"}
 # Services that run a streamrec process, and the settings each cannot start without.
 REQUIRED_ENV = {
-    "kafka-init": {"STREAMREC_BROKERS", "STREAMREC_PARTITIONS", "STREAMREC_REPLICATION_FACTOR"},
+    "kafka-init": {
+        "STREAMREC_BROKERS",
+        "STREAMREC_PARTITIONS",
+        "STREAMREC_TOPICS_CREATE_REPLICATION_FACTOR",
+    },
     "dataflow": {"STREAMREC_BROKERS", "STREAMREC_CATALOG", "STREAMREC_METRICS_PORT"},
-    "worker": {"STREAMREC_BROKERS", "STREAMREC_CATALOG", "STREAMREC_METRICS_PORT"},
+    "worker": {"STREAMREC_BROKERS", "STREAMREC_CATALOG", "STREAMREC_WORKER_METRICS_PORT"},
     "replayer": {"STREAMREC_BROKERS", "STREAMREC_DATA"},
     "index": {"STREAMREC_DATA", "STREAMREC_CACHE_DIR"},
 }
@@ -139,6 +143,16 @@ def _dataflow_processes(services: dict[str, dict]) -> dict[str, tuple[int | None
     return out
 
 
+def _worker_port(service: dict) -> int:
+    """The metrics port a worker service serves on, found as `streamrec worker` finds it:
+    STREAMREC_WORKER_METRICS_PORT, else STREAMREC_METRICS_PORT + 100 (0 = off)."""
+    env = _env(service)
+    if "STREAMREC_WORKER_METRICS_PORT" in env:
+        return int(env["STREAMREC_WORKER_METRICS_PORT"])
+    base = int(env.get("STREAMREC_METRICS_PORT", Settings.model_fields["metrics_port"].default))
+    return base + WORKER_METRICS_OFFSET if base else 0
+
+
 def _cli_envvars(commands: dict | None = None) -> set[str]:
     """Every STREAMREC_* variable a CLI option reads (some are not Settings fields)."""
     names: set[str] = set()
@@ -192,6 +206,23 @@ def test_streamrec_variables_are_settings_or_cli_options() -> None:
         assert not unknown, f"{name}: {sorted(unknown)} are neither Settings fields nor CLI options"
 
 
+def test_a_command_variable_is_set_on_a_service_that_runs_its_command() -> None:
+    """STREAMREC_<COMMAND>_<FLAG> reaches only `streamrec COMMAND`: one set on another
+    service would be read by nothing."""
+    settings = {f"STREAMREC_{f.upper()}" for f in Settings.model_fields}
+    for name, service in SERVICES.items():
+        command = _words(service.get("command"))
+        if not _own(service) or "entrypoint" in service or not command:
+            continue
+        cli = _cli()[command[0]]
+        if hasattr(cli, "commands"):  # a group: `topics create`
+            cli = cli.commands[command[1]]  # type: ignore[attr-defined]
+        own = {p.envvar for p in cli.params if isinstance(getattr(p, "envvar", None), str)}
+        for var in _env(service):
+            if var.startswith("STREAMREC_") and var not in settings:
+                assert var in own, f"{name} runs `streamrec {' '.join(command)}`: {var} is not its"
+
+
 def test_streamrec_services_set_what_they_need() -> None:
     for name, required in REQUIRED_ENV.items():
         missing = required - set(_env(SERVICES[name]))
@@ -217,12 +248,13 @@ def test_kafka_init_creates_the_topics_with_streamrec_topics_create() -> None:
     assert not init.get("profiles"), "both profiles need the topics"
     create = _cli()["topics"].commands["create"]  # type: ignore[attr-defined]
     options = {p.envvar for p in create.params}
-    assert {"STREAMREC_PARTITIONS", "STREAMREC_REPLICATION_FACTOR"} <= options
+    assert {"STREAMREC_PARTITIONS", "STREAMREC_TOPICS_CREATE_REPLICATION_FACTOR"} <= options
     env = _env(init)
     assert int(env["STREAMREC_PARTITIONS"]) >= Settings.model_fields["partitions"].default
     # One broker: it cannot hold more than one replica of a partition.
     kafka = _env(SERVICES["kafka"])
-    assert env["STREAMREC_REPLICATION_FACTOR"] == kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]
+    factor = env["STREAMREC_TOPICS_CREATE_REPLICATION_FACTOR"]
+    assert factor == kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]
     assert env["STREAMREC_BROKERS"] == "kafka:9092"
     prefixes = {_env(s).get("STREAMREC_TOPIC_PREFIX", "") for s in SERVICES.values() if _own(s)}
     assert prefixes == {Topics("").prefix}, "every process reads the topics kafka-init made"
@@ -324,8 +356,8 @@ def test_each_profile_runs_one_bytewax_cluster_on_one_recovery_store(profile: st
     assert mounts == {"recovery:/var/lib/streamrec/recovery"}
     init = SERVICES["recovery-init"]
     assert "recovery:/var/lib/streamrec/recovery" in init["volumes"]
-    assert "$$STREAMREC_RECOVERY_PARTITIONS" in init["command"][0]
-    partitions = int(_env(init)["STREAMREC_RECOVERY_PARTITIONS"])
+    assert "$$STREAMREC_DATAFLOW_RECOVERY_PARTITIONS" in init["command"][0]
+    partitions = int(_env(init)["STREAMREC_DATAFLOW_RECOVERY_PARTITIONS"])
     largest = max(len(_dataflow_processes(_enabled(p))) for p in PROFILES)
     assert partitions >= largest
     for name in processes:
@@ -390,12 +422,12 @@ def test_prometheus_discovers_every_process_of_each_profile(profile: str) -> Non
     assert set(jobs) == {"streamrec-dataflow", "streamrec-worker"}
     services = _enabled(profile)
     dataflow = {(name, port) for name, (_, port) in _dataflow_processes(services).items()}
-    workers = {
-        (name, int(_env(s)["STREAMREC_METRICS_PORT"]))
-        for name, s in services.items()
-        if _runs(s, "worker")
-    }
+    workers = {(name, _worker_port(s)) for name, s in services.items() if _runs(s, "worker")}
     assert workers and {p for _, p in workers} == {9200}
+    # Each worker is checked on the port it serves on.
+    for name, port in workers:
+        assert str(port) in [str(p) for p in services[name]["expose"]], name
+        assert f"localhost:{port}/metrics" in " ".join(services[name]["healthcheck"]["test"])
     assert dataflow <= _discovered(jobs["streamrec-dataflow"])
     assert workers <= _discovered(jobs["streamrec-worker"])
     # Nothing else: every name Prometheus looks up is a service of the stack.

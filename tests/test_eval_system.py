@@ -251,7 +251,8 @@ def test_evaluate_rejects_unknown_methods_and_shows_env_vars() -> None:
     result = _cli("--methods", "popularity,nope")
     assert result.returncode == 2 and "nope" in result.stderr
     result = _cli("--help")
-    for env in ("STREAMREC_METHODS", "STREAMREC_MASK", "STREAMREC_SWEEP", "STREAMREC_SLICE"):
+    for flag in ("METHODS", "MASK", "SWEEP", "SLICE", "OUT"):
+        env = f"STREAMREC_EVALUATE_{flag}"
         assert env in result.stdout
 
 

@@ -171,8 +171,8 @@ def test_cli_prints_the_json_report(broker, topics, tmp_path) -> None:
         cwd=ROOT,
         env={
             **clean,
-            "STREAMREC_SEQUENTIAL": "true",
-            "STREAMREC_WEIGHTS": "control=0.9,bandit=0.1",
+            "STREAMREC_EXPERIMENT_REPORT_SEQUENTIAL": "true",
+            "STREAMREC_EXPERIMENT_REPORT_WEIGHTS": "control=0.9,bandit=0.1",
         },
         capture_output=True,
         text=True,
