@@ -88,6 +88,10 @@ COMMIT_FAILURES = Counter(
     "Offset commits that failed (lost assignment, rebalance, broker down): the window "
     "is redelivered and its lists carry the same rec_ids",
 )
+FORGOTTEN_REQUESTS = Counter(
+    "streamrec_worker_forgotten_requests_total",
+    "Queued rank requests dropped because their user asked to be forgotten",
+)
 DUPLICATE_REQUESTS = Counter(
     "streamrec_worker_duplicate_requests_total", "Rank requests already answered (skipped)"
 )

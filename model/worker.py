@@ -4,7 +4,8 @@ The loop, per consumed window:
 
 1. wait for a request, then at most ``max_wait_ms`` for a batch; with a
    backlog, read up to four batches ahead;
-2. parse them (``plan``); records that are not valid rank requests go to
+2. parse them (``plan``); a ``forget`` control record drops the user's
+   requests queued before it; records that are not valid rank requests go to
    ``rank-requests.dlq`` with the reason; request ids this process already
    answered are skipped (redelivery), and so are a user's older
    event-triggered requests when a newer one waits (latest wins);
@@ -70,6 +71,7 @@ from model.scoring import Scorer, TwoTowerScorer
 from streams.bandit.book import PolicyBook
 from streams.catalog import Catalog, CatalogNotFound
 from streams.contracts import (
+    CONTROL_HEADER,
     TIMING_HEADER,
     DeadLetter,
     RankRequest,
@@ -134,6 +136,14 @@ _IDLE_POLL_S = 0.2
 #: (docs/eval/fusion/online-retail-leave-last-out/sweep.md). The two-tower
 #: ranker keeps MMR at ``mmr_lambda``: no setting of its sweep stays within 1%.
 FUSION_DEFAULT_ARM = Arm(reranker="mmr_pinned", trade_off=0.275)
+
+
+def _control(m: Message) -> bytes | None:
+    """The value of a record's ``streamrec-control`` header (None: a rank request)."""
+    for key, value in m.headers() or ():
+        if key == CONTROL_HEADER:
+            return value
+    return None
 
 
 def build_ranker(
@@ -363,6 +373,14 @@ class Worker:
         out: list[Produced] = []
         requests: list[RankRequest] = []
         for m in messages:
+            if _control(m) == b"forget":
+                # The user's data is gone from the dataflow: drop what waits here of
+                # them (requests built from it). Later ones come from new events.
+                user = (m.key() or b"").decode("utf-8", errors="replace")
+                kept = [r for r in requests if r.user_id != user]
+                metrics.FORGOTTEN_REQUESTS.inc(len(requests) - len(kept))
+                requests = kept
+                continue
             parsed = parse_rank_request(m.value(), m.topic(), m.partition(), m.offset())
             if isinstance(parsed, DeadLetter):
                 metrics.DEAD_LETTERS.inc()

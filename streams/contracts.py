@@ -21,6 +21,8 @@ Topics (names get ``Settings.topic_prefix`` in front):
 ``item-signals``             internal: per-item co-visitation neighbours and trend counts
                              kept by the dataflow (key = item_id, compacted)
 ``fusion-weights``           internal: the fusion ranker's online-learned weights (compacted)
+``forget-requests``          a shopper's data must go (key = user_id)
+``forgotten``                the dataflow's answer: the user's state is gone (key = user_id)
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ __all__ = [
     "Event",
     "RecommendationRequest",
     "RankRequest",
+    "ForgetRequest",
+    "Forgotten",
+    "CONTROL_HEADER",
+    "parse_forget_request",
     "RankedItem",
     "Recommendation",
     "Outcome",
@@ -128,6 +134,14 @@ class Topics:
     def fusion_weights(self) -> str:
         return self._name("fusion-weights")
 
+    @property
+    def forget_requests(self) -> str:
+        return self._name("forget-requests")
+
+    @property
+    def forgotten(self) -> str:
+        return self._name("forgotten")
+
     def all(self) -> list[str]:
         """Every topic streamrec creates."""
         return [
@@ -143,6 +157,8 @@ class Topics:
             self.unattributed,
             self.item_signals,
             self.fusion_weights,
+            self.forget_requests,
+            self.forgotten,
         ]
 
     def compacted(self) -> set[str]:
@@ -270,6 +286,34 @@ class RecommendationRequest(_Message):
     @classmethod
     def _ts_in_range(cls, v: float | None) -> float | None:
         return _in_range(_finite(v), *TS_RANGE)
+
+
+class ForgetRequest(_Message):
+    """A shopper's data must go (``forget-requests``, key = user_id).
+
+    The dataflow drops the user's whole state (embedding, sequence, seen set,
+    counts, open lists, pending attribution), tells the worker to drop what it
+    holds of the user, and answers on ``forgotten``.
+    """
+
+    request_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    user_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+
+
+class Forgotten(_Message):
+    """The answer to a :class:`ForgetRequest` on ``forgotten`` (key = user_id):
+    the user's state is gone from the dataflow (``had_state``: there was one),
+    and from its recovery store from the next snapshot on."""
+
+    request_id: str
+    user_id: str
+    had_state: bool
+    done_ts: float
+
+
+#: The header of a control record on ``rank-requests`` (not a rank request): value
+#: ``forget``, the record's key the user whose queued requests the worker drops.
+CONTROL_HEADER = "streamrec-control"
 
 
 class RankRequest(_Message):
@@ -548,6 +592,19 @@ def parse_recommendation(
 ) -> Recommendation | DeadLetter:
     """Parse one ``recommendations`` record (read back by the dataflow); never raises."""
     result = _parse(Recommendation, raw)
+    if isinstance(result, str):
+        return dead_letter(result, raw, topic, partition, offset)
+    return result
+
+
+def parse_forget_request(
+    raw: bytes | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> ForgetRequest | DeadLetter:
+    """Parse one ``forget-requests`` record; never raises."""
+    result = _parse(ForgetRequest, raw)
     if isinstance(result, str):
         return dead_letter(result, raw, topic, partition, offset)
     return result

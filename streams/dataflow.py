@@ -2,14 +2,17 @@
 
 Steps (``step_id``s are stable: recovery state is keyed by them):
 
-``kafka-in``        KafkaSource on ``events``, ``recommendation-requests`` and
-                    ``recommendations`` (the lists read back for attribution)
+``kafka-in``        KafkaSource on ``events``, ``recommendation-requests``,
+                    ``recommendations`` (the lists read back for attribution) and
+                    ``forget-requests``
 ``parse``           bytes -> Trigger | Shown | DeadLetter (never raises; a source
                     error that concerns no record, e.g. the broker away, is
                     logged and dropped)
 ``split-dlq``       bad records branch off to ``events.dlq`` with the reason
 ``by-user``         key by user_id (a user's inputs stay in order on one worker)
-``user-state``      stateful: decayed embedding, recent items, seen set, item
+``user-state``      stateful (a forget request discards the user's key, tells the
+                    worker on ``rank-requests`` and answers on ``forgotten``):
+                    decayed embedding, recent items, seen set, item
                     sequence and counts, open lists; an event is attributed to
                     the list it came from and emits its co-visit and hit records
                     (streams.signals); each trigger gets an experiment variant,
@@ -65,8 +68,11 @@ from streams.bandit import DiversityPolicy, context_vector, new_policy, segment_
 from streams.bandit.context import Buckets, buckets
 from streams.catalog import Catalog, CatalogNotFound
 from streams.contracts import (
+    CONTROL_HEADER,
     DeadLetter,
     Event,
+    ForgetRequest,
+    Forgotten,
     Outcome,
     RankRequest,
     Recommendation,
@@ -76,6 +82,7 @@ from streams.contracts import (
     dead_letter,
     encode_vector,
     parse_event,
+    parse_forget_request,
     parse_recommendation,
     parse_recommendation_request,
     too_large,
@@ -154,6 +161,8 @@ def _parse(topics: Topics, msg: object, limit: int) -> Trigger | Shown | DeadLet
     if msg.topic == topics.recommendations:
         rec = parse_recommendation(msg.value, msg.topic, msg.partition, msg.offset)
         return rec if isinstance(rec, DeadLetter) else Shown(rec)
+    if msg.topic == topics.forget_requests:
+        return parse_forget_request(msg.value, msg.topic, msg.partition, msg.offset)
     parse = (
         parse_recommendation_request if msg.topic == topics.recommendation_requests else parse_event
     )
@@ -163,8 +172,19 @@ def _parse(topics: Topics, msg: object, limit: int) -> Trigger | Shown | DeadLet
     return Trigger(parsed, _arrival(msg.timestamp))
 
 
-def _user_of(item: Trigger | Shown) -> str:
+def _user_of(item: Trigger | Shown | ForgetRequest) -> str:
+    if isinstance(item, ForgetRequest):
+        return item.user_id
     return item.rec.user_id if isinstance(item, Shown) else item.message.user_id
+
+
+@dataclass(frozen=True)
+class ForgetMarker:
+    """Tells the worker to drop the queued rank requests of ``user_id``
+    (a control record on ``rank-requests``, behind them in the user's partition)."""
+
+    user_id: str
+    request_id: str
 
 
 class UserStep:
@@ -202,7 +222,20 @@ class UserStep:
         state, outputs = self.apply(state, trigger)
         return state, next((o for o in outputs if isinstance(o, RankRequest)), None)
 
-    def apply(self, state: UserState | None, item: Trigger | Shown) -> tuple[UserState, list]:
+    def apply(
+        self, state: UserState | None, item: Trigger | Shown | ForgetRequest
+    ) -> tuple[UserState | None, list]:
+        if isinstance(item, ForgetRequest):
+            # None discards the key: Bytewax snapshots the deletion, so a dataflow
+            # restarted from recovery does not bring the user back.
+            metrics.FORGOTTEN_USERS.inc()
+            done = Forgotten(
+                request_id=item.request_id,
+                user_id=item.user_id,
+                had_state=state is not None,
+                done_ts=time.time(),
+            )
+            return None, [ForgetMarker(item.user_id, item.request_id), done]
         state = restore(state, self.catalog, self.cfg) if state is not None else UserState()
         if isinstance(item, Shown):
             pending = state.pending.pop(
@@ -436,6 +469,17 @@ def _to_sink(topics: Topics, labels: MetricLabels, item: object) -> KafkaSinkMes
         return KafkaSinkMessage(
             key=item.item_id.encode("utf-8"), value=item.to_bytes(), topic=topics.item_signals
         )
+    if isinstance(item, Forgotten):
+        return KafkaSinkMessage(
+            key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.forgotten
+        )
+    if isinstance(item, ForgetMarker):
+        return KafkaSinkMessage(
+            key=item.user_id.encode("utf-8"),
+            value=json.dumps({"forget": item.user_id, "request_id": item.request_id}).encode(),
+            topic=topics.rank_requests,
+            headers=[(CONTROL_HEADER, b"forget")],
+        )
     if isinstance(item, FusionWeights):
         return KafkaSinkMessage(
             key=b"global",
@@ -485,7 +529,12 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     labels = policy.metric_labels()
     metrics.serve(s.metrics_port)
     metrics.init_labels(
-        [topics.events, topics.recommendation_requests, topics.recommendations],
+        [
+            topics.events,
+            topics.recommendation_requests,
+            topics.recommendations,
+            topics.forget_requests,
+        ],
         policy.variants(),
     )
 
@@ -495,7 +544,12 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
         flow,
         NonBlockingKafkaSource(
             brokers,
-            [topics.events, topics.recommendation_requests, topics.recommendations],
+            [
+                topics.events,
+                topics.recommendation_requests,
+                topics.recommendations,
+                topics.forget_requests,
+            ],
             # Errors become dead letters instead of stopping the dataflow.
             raise_on_errors=False,
             batch_size=1000,

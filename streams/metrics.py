@@ -52,6 +52,9 @@ KAFKA_ERRORS = Counter(
     "Errors the Kafka source reported that concern no record (broker down, transport): "
     "logged and skipped, the consumer fetches again by itself",
 )
+FORGOTTEN_USERS = Counter(
+    "streamrec_forgotten_users_total", "Forget requests applied: the user's state dropped"
+)
 DUPLICATE_EVENTS = Counter(
     "streamrec_duplicate_events_total", "Events ignored because their event_id was already applied"
 )

@@ -225,8 +225,7 @@ def pipeline(
         brokers=broker.bootstrap,
         catalog=catalog,
         topic_prefix=topics.prefix,
-        metrics_port=0,
-        **{"latest_wins": False, **overrides},
+        **{"metrics_port": 0, "latest_wins": False, **overrides},
     )
     env = settings_env(s)
     with ProcessGroup(tmp_path / "logs") as procs:

@@ -359,6 +359,8 @@ def test_topic_names() -> None:
         "outcomes.unattributed",
         "item-signals",
         "fusion-weights",
+        "forget-requests",
+        "forgotten",
     ]
     assert t.compacted() == {"catalog", "bandit-weights", "item-signals", "fusion-weights"}
 
@@ -368,5 +370,14 @@ def test_topic_prefix() -> None:
     assert t.events == "run7-events"
     assert t.events_dlq == "run7-events.dlq"
     assert t.all() == [f"run7-{name}" for name in Topics().all()]
-    assert len(set(t.all())) == 12
+    assert len(set(t.all())) == 14
     assert t.compacted() == {f"run7-{name}" for name in Topics().compacted()}
+
+
+def test_forget_request_round_trip_and_bad_ones_are_dead_letters() -> None:
+    from streams.contracts import ForgetRequest, parse_forget_request
+
+    req = ForgetRequest(request_id="f1", user_id="u1")
+    assert parse_forget_request(req.to_bytes()) == req
+    assert "user_id" in parse_forget_request(b'{"request_id": "f1"}').error
+    assert "not JSON" in parse_forget_request(b"nope").error
