@@ -11,7 +11,8 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
 ``split-dlq``       bad records branch off to ``events.dlq`` with the reason
 ``by-user``         key by user_id (a user's inputs stay in order on one worker)
 ``user-state``      stateful (a forget request discards the user's key, tells the
-                    worker on ``rank-requests`` and answers on ``forgotten``):
+                    worker on ``rank-requests`` and answers on ``forgotten``; with
+                    ``user_retention_s``, an idle user's key expires):
                     decayed embedding, recent items, seen set, item
                     sequence and counts, open lists; an event is attributed to
                     the list it came from and emits its co-visit and hit records
@@ -383,6 +384,48 @@ class BanditStep:
         return state, {"key": self.key(reward), "updated_ts": time.time(), **state.to_state()}
 
 
+class _UserLogic(StatefulBatchLogic):
+    """One user inside ``op.stateful_batch``: :meth:`UserStep.apply` per input,
+    and, with a retention (``user_retention_s`` > 0), the state dropped that long
+    after the user's last input.
+
+    What ``op.stateful_map`` would do (one output list per input, a None state
+    discards the key: a forget request), plus the expiry timer. The timer is
+    wall-clock: retention is a promise about how long data is kept. It costs
+    nothing when retention is off (no timer is set); when on, Bytewax 0.21 scans
+    every key's timer at each activation of the step (``sched_cache`` in its
+    ``stateful_batch``), so the cost grows with the users held.
+    """
+
+    def __init__(self, step: UserStep, retention_s: float, resume: tuple | None) -> None:
+        self.step = step
+        self.retention = timedelta(seconds=retention_s) if retention_s > 0 else None
+        self.state, self.touched = resume if resume is not None else (None, _now())
+
+    def on_batch(self, values: list) -> tuple[list[list], bool]:
+        out = []
+        for value in values:
+            self.state, outputs = self.step.apply(self.state, value)
+            out.append(outputs)
+        self.touched = _now()
+        return out, StatefulBatchLogic.DISCARD if self.state is None else StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[list], bool]:
+        metrics.EXPIRED_USERS.inc()
+        return [], StatefulBatchLogic.DISCARD
+
+    def notify_at(self) -> datetime | None:
+        return None if self.retention is None else self.touched + self.retention
+
+    def snapshot(self) -> tuple[UserState | None, datetime]:
+        # Serialised later, while this state keeps changing (as stateful_map does).
+        return copy.deepcopy(self.state), self.touched
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 class _SignalsLogic(StatefulBatchLogic):
     """One item inside ``op.stateful_batch``: its records -> at most one row per interval.
 
@@ -559,7 +602,10 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     parsed = op.filter_map("parse", raw, lambda m: _parse(topics, m, s.max_record_bytes))
     split = op.branch("split-dlq", parsed, lambda x: not isinstance(x, DeadLetter))
     keyed = op.key_on("by-user", split.trues, _user_of)
-    per_user = op.stateful_map("user-state", keyed, UserStep(catalog, s, policy).apply)
+    user_step = UserStep(catalog, s, policy)
+    per_user = op.stateful_batch(
+        "user-state", keyed, lambda resume: _UserLogic(user_step, s.user_retention_s, resume)
+    )
     outputs = op.flat_map("outputs", per_user, lambda kv: kv[1])
     rewards = op.branch("split-rewards", outputs, lambda x: isinstance(x, ListReward))
     signal_records = op.branch(

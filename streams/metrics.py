@@ -55,6 +55,10 @@ KAFKA_ERRORS = Counter(
 FORGOTTEN_USERS = Counter(
     "streamrec_forgotten_users_total", "Forget requests applied: the user's state dropped"
 )
+EXPIRED_USERS = Counter(
+    "streamrec_expired_users_total",
+    "User states dropped after user_retention_s without an input (retention)",
+)
 DUPLICATE_EVENTS = Counter(
     "streamrec_duplicate_events_total", "Events ignored because their event_id was already applied"
 )

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     recent_n: int = Field(20, ge=1, description="recent items kept per user")
     seen_max: int = Field(2000, ge=1, description="seen items kept per user (oldest dropped)")
+    user_retention_s: float = Field(
+        0.0,
+        ge=0,
+        description="drop a user's state this many seconds (wall clock) after their last "
+        "input; 0 = keep it (the default)",
+    )
     candidates: int = Field(100, ge=1, description="candidates retrieved per request (M)")
     filter_seen: bool = Field(True, description="drop items the user already interacted with")
     k: int = Field(10, ge=1, description="list length when a request does not say")

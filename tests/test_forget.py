@@ -146,3 +146,26 @@ def test_the_worker_drops_the_queued_requests_of_a_forgotten_user() -> None:
     dead_letters, ranked = worker.plan(window)  # type: ignore[arg-type]
     assert dead_letters == []
     assert [r.request_id for r in ranked] == ["evt:2", "evt:3"]
+
+
+def test_an_idle_user_expires_after_the_retention(tmp_path, broker, topics, catalog_path):
+    """With ``user_retention_s``, a user without input for that long is dropped:
+    the next request is answered as for a new shopper; an active user is kept."""
+    with pipeline(tmp_path, broker, topics, catalog_path, user_retention_s=3.0) as procs:
+        # Warm (the worker up) before the clock matters.
+        produce_all(broker.bootstrap, topics.events, [_click(0, "warm")])
+        collect(broker.bootstrap, [topics.recommendations], until=lambda ms: ms, procs=procs)
+        produce_all(
+            broker.bootstrap,
+            topics.events,
+            [_click(i, SHOPPER) for i in range(3)] + [_click(i, "other") for i in range(3)],
+        )
+        kept = _ask(broker.bootstrap, topics, "kept", "other")  # touches "other" only
+        assert kept["sequence"]
+        time.sleep(2)
+        still = _ask(broker.bootstrap, topics, "still", "other")
+        time.sleep(2)  # SHOPPER idle for over 4 s by now, "other" for about 2
+        expired = _ask(broker.bootstrap, topics, "expired", SHOPPER)
+        procs.check()
+    assert still["sequence"], "an active user's state is kept"
+    assert expired["sequence"] == [] and expired["user_vector"] is None
