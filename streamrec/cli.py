@@ -357,12 +357,30 @@ def dataflow(
     from streams.kafka import wait_until_ready
 
     wait_until_ready(s.brokers)  # one line now, not librdkafka retrying inside Bytewax
+    s = _with_current_model(s)
     recovery = _bytewax_arg(args, "-r", "--recovery-directory", "BYTEWAX_RECOVERY_DIRECTORY")
     if recovery is not None and not process_id:
         _init_recovery(Path(recovery), recovery_partitions)
     os.environ.update(settings_env(s))
     cmd = [sys.executable, "-m", "bytewax.run", "streams.dataflow:build_flow()", *args]
     os.execv(sys.executable, cmd)
+
+
+def _with_current_model(s: Settings) -> Settings:
+    """Without --sequence-model, the model `streamrec train` made for this catalog
+    (``streamrec.train.current_model``), said on stderr; else ``s`` as it is."""
+    if s.sequence_model is not None:
+        return s
+    from streamrec.train import current_model
+
+    found = current_model(s)
+    if found is None:
+        return s
+    typer.echo(
+        f"streamrec: serving {found.resolve()} (`streamrec train`'s model for this catalog)",
+        err=True,
+    )
+    return s.model_copy(update={"sequence_model": found})
 
 
 def _bytewax_arg(args: list[str], short: str, long: str, envvar: str) -> str | None:
@@ -490,6 +508,7 @@ def worker(
     if not s.brokers:
         raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
     wait_until_ready(s.brokers)  # before loading the model: a wrong setting fails in seconds
+    s = _with_current_model(s)
     from model.worker import Worker
 
     w = Worker(s)

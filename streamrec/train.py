@@ -38,7 +38,14 @@ from pathlib import Path
 
 from streams.settings import Settings
 
-__all__ = ["TrainOptions", "TooLittleData", "model_key", "trained_model", "train"]
+__all__ = [
+    "TrainOptions",
+    "TooLittleData",
+    "model_key",
+    "trained_model",
+    "train",
+    "current_model",
+]
 
 # The code a model's numbers depend on: a change in one of these retrains.
 _CODE = (
@@ -171,6 +178,25 @@ def train(
     log(f"model: trained {version.name}")
     _link_current(settings, current)
     return current
+
+
+def current_model(settings: Settings) -> Path | None:
+    """The model ``streamrec train`` made last (``CACHE/models/current``), when it
+    was trained on the vectors of ``settings.catalog``; else None.
+
+    How the dataflow, the worker and evaluate find the current model without a
+    flag: a model is only taken for the catalog it was trained on (another
+    dataset's, or another LM's, would not share its item rows).
+    """
+    link = settings.cache_dir / "models" / "current"
+    if settings.catalog is None or not (link / "config.json").is_file():
+        return None
+    try:
+        trained_on = json.loads((link / "config.json").read_text())["catalog"]["version"]
+        catalog = json.loads((Path(settings.catalog) / "manifest.json").read_text())["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return link if trained_on == catalog else None
 
 
 def _link_current(settings: Settings, model: Path) -> None:

@@ -435,3 +435,18 @@ def test_prometheus_discovers_every_process_of_each_profile(profile: str) -> Non
         assert {host for host, _ in _discovered(job)} <= set(SERVICES)
     mounts = SERVICES["prometheus"]["volumes"]
     assert any(str(v).startswith("./infra/prometheus:/etc/prometheus") for v in mounts)
+
+
+def test_the_stack_trains_the_fusion_model_and_serves_it_without_a_flag() -> None:
+    """The index one-shot runs `streamrec train` into the catalog volume; the
+    dataflow and the worker read that volume as their cache dir, so they find
+    the model (streamrec.train.current_model) without --sequence-model."""
+    services = COMPOSE_DOC["services"]
+    index = services["index"]
+    assert "streamrec train" in " ".join(index["command"])
+    cache = index["environment"]["STREAMREC_CACHE_DIR"]
+    for name in ("dataflow", "worker"):
+        env = services[name]["environment"]
+        assert env["STREAMREC_CACHE_DIR"] == cache, name
+        assert "STREAMREC_SEQUENCE_MODEL" not in env
+        assert any(v.startswith("catalog:") for v in services[name]["volumes"]), name
