@@ -20,6 +20,11 @@ rest of its list) and then follow the ``fusion-weights`` topic, which the
 dataflow's online learner publishes from attributed outcomes. A linear model
 keeps the two exchangeable: same features, same form.
 
+Reasons: :meth:`FusionScorer.score_with_reasons` also keeps where each
+candidate came from, so the listed items can say why they are there
+(``RankedItem.reason``: the strongest proposing source, the user's item behind
+it, the largest terms of the linear score; :mod:`model.reasons`).
+
 Masking: candidates added here skip ``RankRequest.exclude`` (the user's seen
 items when the dataflow filters them), like the dataflow's own sources, and a
 request with ``filter_seen`` is scored with the second weight set, fitted on
@@ -34,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.reasons import FusionEvidence
 from model.scoring import Scored, Scorer, TwoTowerScorer
 from model.sequence import SequenceModel
 from streams.catalog import Catalog
@@ -64,6 +70,13 @@ FEATURES: tuple[str, ...] = (
 )
 
 _COLUMN = {f: j for j, f in enumerate(FEATURES)}
+
+# Per request, where its candidates came from: retrieval's sources, the sequence
+# model's rows, the rows and sources of covis/trending candidates, the signals
+# table and the request's time.
+_Provenance = tuple[
+    Sequence[str], np.ndarray, tuple[list[int], list[str]] | None, object | None, float
+]
 
 #: Used when no fitted weights exist: the sequence model decides, repeats help.
 DEFAULT_WEIGHTS: dict = {"bias": 0.0, "weights": {"seq": 1.0, "repeat_count": 0.5}}
@@ -155,12 +168,20 @@ class FusionScorer(Scorer):
     # --- candidates -------------------------------------------------------
 
     def _merge(
-        self, request: RankRequest, found: Candidates, seq_top: np.ndarray, view: SignalsView | None
+        self,
+        request: RankRequest,
+        found: Candidates,
+        seq_top: np.ndarray,
+        view: SignalsView | None,
+        proposed: tuple[list[int], list[str]] | None = None,
     ) -> np.ndarray:
         """Retrieved candidates + seq + covis/trending -> catalog rows in first-found
         order, the retrieved ones first. Arrays, not one object per candidate: a
         few hundred candidates per request made per-candidate objects the
-        slowest part of ranking."""
+        slowest part of ranking. ``proposed`` (when given: two lists, not a
+        tuple per candidate) gets the row and source of every covis/trending
+        candidate, also those another source found first: the listed items'
+        reasons read it."""
         exclude = set(request.exclude)
         ids = self.catalog.item_ids
         rows = found.rows.tolist()
@@ -171,11 +192,23 @@ class FusionScorer(Scorer):
                 rows.append(row)
         if view is not None and (self.covis_candidates or self.trending_candidates):
             known = self.catalog.row
-            for c in view.candidates(self.covis_candidates, self.trending_candidates):
-                row = known.get(c.item_id)
-                if row is not None and row not in taken and c.item_id not in exclude:
-                    taken.add(row)
-                    rows.append(row)
+            signalled = view.candidates(self.covis_candidates, self.trending_candidates)
+            if proposed is None:
+                for c in signalled:
+                    row = known.get(c.item_id)
+                    if row is not None and row not in taken and c.item_id not in exclude:
+                        taken.add(row)
+                        rows.append(row)
+            else:
+                proposed_rows, proposed_sources = proposed
+                for c in signalled:
+                    row = known.get(c.item_id)
+                    if row is not None and c.item_id not in exclude:
+                        proposed_rows.append(row)
+                        proposed_sources.append(c.source)
+                        if row not in taken:
+                            taken.add(row)
+                            rows.append(row)
         return np.asarray(rows, dtype=np.int64)
 
     # --- features ---------------------------------------------------------
@@ -235,6 +268,13 @@ class FusionScorer(Scorer):
 
     def featurize(self, requests: Sequence[RankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per request: (catalog rows of the merged candidates, feature matrix)."""
+        return [(rows, x) for rows, x, _ in self._featurize(requests)]
+
+    def _featurize(
+        self, requests: Sequence[RankRequest], provenance: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray, _Provenance]]:
+        """:meth:`featurize`, with each request's candidate provenance (the signal
+        sources' proposals collected only with ``provenance``)."""
         log_probs = None
         if self.sequence is not None and requests:
             log_probs = self.sequence.log_probs(
@@ -258,10 +298,12 @@ class FusionScorer(Scorer):
             # One signals view per request serves both the candidates and the features.
             table = self.signals
             view = None if table is None else table.view(list(r.recent_items), now)
-            rows = self._merge(r, found, seq_top, view)
+            proposed: tuple[list[int], list[str]] | None = ([], []) if provenance else None
+            rows = self._merge(r, found, seq_top, view, proposed)
             lm_scores = None if self.lm is None else self.lm.score_rows(r, rows, queries[i])
             sorted_lp = None if ordered is None else ordered[i]
-            out.append((rows, self._features(r, found, rows, lm_scores, lp, sorted_lp, view)))
+            x = self._features(r, found, rows, lm_scores, lp, sorted_lp, view)
+            out.append((rows, x, (found.sources, seq_top, proposed, table, now)))
         return out
 
     def score(self, requests: Sequence[RankRequest]) -> list[Scored]:
@@ -276,6 +318,24 @@ class FusionScorer(Scorer):
         for r, (rows, x) in zip(requests, self.featurize(requests), strict=True):
             w, bias, _ = sets[r.filter_seen]
             out.append((rows, x @ w + bias, x))
+        return out
+
+    def score_with_reasons(
+        self, requests: Sequence[RankRequest]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, FusionEvidence]]:
+        """Like :meth:`score_with_features`, plus each request's
+        :class:`~model.reasons.FusionEvidence`: ``evidence.reasons(positions)`` gives
+        the listed candidates' ``RankedItem.reason`` (sources, features, because)."""
+        sets = self._sets
+        out = []
+        for r, (rows, x, (sources, seq_top, proposed, table, now)) in zip(
+            requests, self._featurize(requests, provenance=True), strict=True
+        ):
+            w, bias, _ = sets[r.filter_seen]
+            evidence = FusionEvidence(
+                self.catalog, r, FEATURES, rows, x, w, sources, seq_top, proposed, table, now
+            )
+            out.append((rows, x @ w + bias, x, evidence))
         return out
 
 

@@ -8,6 +8,8 @@ __all__ = [
     "ARM_PICKS",
     "LIST_ILD",
     "CATALOG_COVERAGE",
+    "LIST_LONG_TAIL_SHARE",
+    "EXPOSURE_GINI",
     "CONSUMER_LAG",
     "QUEUE_DEPTH",
     "MODEL_RELOADS",
@@ -49,6 +51,16 @@ LIST_ILD_RELEVANCE = Gauge(
 CATALOG_COVERAGE = Gauge(
     "streamrec_catalog_coverage_ratio",
     "Distinct items in the last 1000 lists / catalog size",
+)
+LIST_LONG_TAIL_SHARE = Gauge(
+    "streamrec_list_long_tail_share",
+    "Share of the position-weighted exposure (1/log2(rank+1)) of the last 1000 lists "
+    "on long-tail items (outside the catalog's most popular 20%)",
+)
+EXPOSURE_GINI = Gauge(
+    "streamrec_exposure_gini",
+    "Gini coefficient of the position-weighted exposure of the last 1000 lists across "
+    "the catalog's categories (0 = equal)",
 )
 CONSUMER_LAG = Gauge(
     "streamrec_worker_consumer_lag",

@@ -7,6 +7,10 @@ on the product's own code, not on a copy.
 Each request's diversity arm (reranker and trade-off) comes from its policy:
 a fixed arm of its experiment variant, the bandit's pick (``mode: bandit``,
 from the latest ``bandit-weights``), or the ranker's default arm.
+
+With ``reasons`` (``Settings.reasons``, on by default) every listed item of
+:meth:`Ranker.recommend` carries ``RankedItem.reason`` (:mod:`model.reasons`),
+computed after reranking for the listed items of the whole batch at once.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from model.reasons import fusion_reasons, simple_reasons
 from model.rerank import Reranker, get_reranker, intra_list_diversity
 from model.scoring import Scorer
 from streams.bandit.book import PolicyBook
 from streams.catalog import Catalog
 from streams.contracts import RankedItem, RankRequest, Recommendation, rec_id_for
 from streams.experiments import Arm
+from streams.settings import Settings
 
 __all__ = ["Ranker"]
 
@@ -41,8 +47,12 @@ class Ranker:
         trade_off: float,
         model_version: str,
         book: PolicyBook | None = None,
+        reasons: bool | None = None,
     ) -> None:
         self.scorer = scorer
+        # Lists from recommend() carry RankedItem.reason; None = the setting
+        # (STREAMREC_REASONS), so the worker's ranker follows it.
+        self.reasons = Settings().reasons if reasons is None else reasons
         self.reranker = reranker
         self.catalog = catalog
         self.trade_off = trade_off
@@ -114,9 +124,7 @@ class Ranker:
         policies: Sequence[dict[str, object]] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """For each request, the final ``k`` (item_id, score) pairs in list order."""
-        return [
-            [(i, s) for i, s, _ in items] for items in self.rank_with_features(requests, policies)
-        ]
+        return [[(i, s) for i, s, _, _ in items] for items in self._rank(requests, policies)]
 
     def rank_with_features(
         self,
@@ -125,16 +133,42 @@ class Ranker:
     ) -> list[list[tuple[str, float, dict[str, float] | None]]]:
         """Like :meth:`rank`, with each listed item's scorer features (None if the
         scorer has none): the fusion learner trains on them when outcomes return."""
+        return [[(i, s, f) for i, s, f, _ in items] for items in self._rank(requests, policies)]
+
+    def rank_with_reasons(
+        self,
+        requests: Sequence[RankRequest],
+        policies: Sequence[dict[str, object]] | None = None,
+    ) -> list[list[tuple[str, float, dict[str, float] | None, dict]]]:
+        """Like :meth:`rank_with_features`, with each listed item's reason
+        (``RankedItem.reason``, see :mod:`model.reasons`)."""
+        return self._rank(requests, policies, reasons=True)  # type: ignore[return-value]
+
+    def _rank(
+        self,
+        requests: Sequence[RankRequest],
+        policies: Sequence[dict[str, object]] | None = None,
+        reasons: bool = False,
+    ) -> list[list[tuple[str, float, dict[str, float] | None, dict | None]]]:
+        """(item_id, score, features, reason) per listed item; reasons only when
+        asked (None otherwise), computed for the ``k`` listed items alone."""
         if policies is None:
             policies = [self.choose(r) for r in requests]
-        if hasattr(self.scorer, "score_with_features"):
-            scored = self.scorer.score_with_features(requests)
+        names: Sequence[str] = ()
+        if reasons and hasattr(self.scorer, "score_with_reasons"):
+            scored = self.scorer.score_with_reasons(requests)
+            names = self.scorer.feature_names
+        elif hasattr(self.scorer, "score_with_features"):
+            scored = [(*found, None) for found in self.scorer.score_with_features(requests)]
             names = self.scorer.feature_names
         else:
-            scored = [(rows, scores, None) for rows, scores in self.scorer.score(requests)]
-        out = []
+            scored = [(rows, scores, None, None) for rows, scores in self.scorer.score(requests)]
         ids, categories = self.catalog.item_ids, self.catalog.categories
-        for request, (rows, scores, feats), policy in zip(requests, scored, policies, strict=True):
+        lists = []  # per request: listed rows, their scores, features and reasons
+        pending: list[tuple[int, object, np.ndarray]] = []  # fusion lists, explained together
+        for request, (rows, scores, feats, evidence), policy in zip(
+            requests, scored, policies, strict=True
+        ):
             reranker = self._reranker(str(policy["reranker"]))
             pos = reranker.rerank(
                 scores,
@@ -145,19 +179,35 @@ class Ranker:
                 if reranker.uses_categories
                 else None,
                 target_mix=request.category_mix,
+                long_tail=self.catalog.long_tail[rows] if reranker.uses_long_tail else None,
             )
             chosen = rows[pos].tolist()
             listed = np.asarray(scores)[pos].tolist()
             top = rows[np.argsort(-np.asarray(scores), kind="stable")[: request.k]]
             self.relevance_ild.append(intra_list_diversity(self.catalog.vectors[top]))
-            if feats is None:
-                out.append([(ids[r], s, None) for r, s in zip(chosen, listed, strict=True)])
+            why: list[dict] | None = None
+            if reasons and evidence is not None:
+                pending.append((len(lists), evidence, pos))
+            elif reasons:
+                why = simple_reasons(self.catalog, request, np.asarray(chosen, dtype=np.int64))
+            values = None if feats is None else np.round(feats[pos].astype(np.float64), 5).tolist()
+            lists.append((chosen, listed, values, why))
+        if pending:  # one pass over the whole batch's listed items
+            explained = fusion_reasons([(e, pos) for _, e, pos in pending])  # type: ignore[misc]
+            for (i, _, _), why in zip(pending, explained, strict=True):
+                lists[i] = (*lists[i][:3], why)
+        out = []
+        for chosen, listed, values, why in lists:
+            whys = why if why is not None else [None] * len(chosen)
+            if values is None:
+                out.append(
+                    [(ids[r], s, None, y) for r, s, y in zip(chosen, listed, whys, strict=True)]
+                )
                 continue
-            values = np.round(feats[pos].astype(np.float64), 5).tolist()
             out.append(
                 [
-                    (ids[r], s, {n: v for n, v in zip(names, row, strict=True) if v})
-                    for r, s, row in zip(chosen, listed, values, strict=True)
+                    (ids[r], s, {n: v for n, v in zip(names, row, strict=True) if v}, y)
+                    for r, s, row, y in zip(chosen, listed, values, whys, strict=True)
                 ]
             )
         return out
@@ -165,7 +215,7 @@ class Ranker:
     def recommend(self, requests: Sequence[RankRequest]) -> list[Recommendation]:
         """Rank and wrap each list in the ``recommendations`` contract."""
         policies = [self.choose(r) for r in requests]
-        ranked = self.rank_with_features(requests, policies)
+        ranked = self._rank(requests, policies, reasons=self.reasons)
         now = time.time()
         return [
             Recommendation(
@@ -173,8 +223,10 @@ class Ranker:
                 request_id=r.explicit_request_id,
                 user_id=r.user_id,
                 items=[
-                    RankedItem(item_id=item, score=round(score, 6), rank=i + 1, features=feats)
-                    for i, (item, score, feats) in enumerate(items)
+                    RankedItem(
+                        item_id=item, score=round(score, 6), rank=i + 1, features=feats, reason=why
+                    )
+                    for i, (item, score, feats, why) in enumerate(items)
                 ],
                 experiment=r.experiment or {"name": "none", "variant": "default"},
                 policy=policy,

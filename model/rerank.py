@@ -12,6 +12,9 @@ owns the contract; subclasses implement ``_rerank``.
                2018), incremental Cholesky, optional sliding window
 ``calibrated`` calibration to the user's category mix (Steck, RecSys 2018)
 ``category_cap`` at most c items per category, c from the trade-off
+``long_tail``  a minimum long-tail share in every prefix of the list (exposure
+               fairness; ranked group fairness after Zehlike et al., FA*IR,
+               CIKM 2017, with a fixed proportion)
 =============  ==============================================================
 """
 
@@ -33,6 +36,7 @@ __all__ = [
     "PinnedDPP",
     "Calibrated",
     "CategoryCap",
+    "LongTailQuota",
     "RERANKERS",
     "get_reranker",
     "intra_list_diversity",
@@ -65,6 +69,7 @@ class Reranker(ABC):
         trade_off: float,
         categories: Sequence[str | None] | None = None,
         target_mix: Mapping[str, float] | None = None,
+        long_tail: Sequence[bool] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Indices into ``scores`` of the chosen ``min(k, n)`` items, in list order.
 
@@ -72,7 +77,9 @@ class Reranker(ABC):
         vectors (cosine similarity = dot product); ``trade_off`` in [0, 1];
         ``categories``: each candidate's category (None = unknown), used by the
         category-aware rerankers; ``target_mix``: the user's category weights
-        (calibration's target distribution).
+        (calibration's target distribution); ``long_tail``: whether each
+        candidate is a long-tail item (``Catalog.long_tail``), read by the
+        exposure-aware rerankers (``uses_long_tail``; None = unknown).
         """
         scores = np.asarray(scores, dtype=np.float64)
         if scores.ndim != 1 or np.ndim(vectors) != 2 or len(scores) != len(vectors):
@@ -86,19 +93,27 @@ class Reranker(ABC):
             return np.zeros(0, dtype=np.int64)
         if categories is not None and len(categories) != len(scores):
             raise ValueError(f"categories has {len(categories)} entries for {len(scores)} items")
+        if long_tail is not None:
+            long_tail = np.asarray(long_tail, dtype=bool)
+            if long_tail.shape != scores.shape:
+                raise ValueError(f"long_tail has {len(long_tail)} entries for {len(scores)} items")
         keep = self._reachable(scores, k, trade_off)
         if keep is not None:  # rerank the items that can be picked, map back
             scores, vectors = scores[keep], np.asarray(vectors)[keep]
             categories = None if categories is None else [categories[i] for i in keep.tolist()]
+            long_tail = None if long_tail is None else long_tail[keep]
         vectors = np.asarray(vectors, dtype=np.float64)
         self._categories = list(categories) if categories is not None else [None] * len(scores)
         self._target_mix = dict(target_mix or {})
+        self._long_tail = long_tail
         out = np.asarray(self._rerank(scores, vectors, k, trade_off), dtype=np.int64)
         assert len(out) == k and len(set(out.tolist())) == k, "reranker broke its contract"
         return out if keep is None else keep[out]
 
     #: Whether ``rerank`` reads ``categories`` (the ranker builds them only then).
     uses_categories: bool = False
+    #: Whether ``rerank`` reads ``long_tail`` (the ranker passes it only then).
+    uses_long_tail: bool = False
 
     def _reachable(self, scores: np.ndarray, k: int, trade_off: float) -> np.ndarray | None:
         """The only candidates this reranker can pick (ascending indices), or None for
@@ -387,6 +402,61 @@ class CategoryCap(Reranker):
         return np.array(chosen)
 
 
+class LongTailQuota(Reranker):
+    """A minimum share of long-tail items in every prefix of the list.
+
+    ``q = 1 - trade_off``. The most relevant item leads; from position 2 on,
+    whenever fewer than ``floor(q * p)`` of the first ``p`` items are long-tail
+    (``long_tail``, from ``Catalog.long_tail``: outside the most popular 20%),
+    position ``p`` takes the most relevant long-tail candidate left, otherwise
+    the most relevant candidate left. So the long tail gets its share near the
+    top too, where the exposure (``1/log2(rank+1)``) is, not only at the end
+    of the list, while every pick within a group keeps the relevance order;
+    it is ranked group fairness (Zehlike et al., FA*IR, CIKM 2017) with a fixed
+    proportion instead of FA*IR's significance test, and scale-free: the
+    scores only order the candidates. ``trade_off = 1`` is the relevance
+    order, 0 fills positions 2..k with long-tail items. Without ``long_tail``
+    (or when no candidate is long-tail) it is the relevance order.
+
+    >>> v = np.eye(4)
+    >>> tail = [False, False, True, True]
+    >>> LongTailQuota().rerank(np.array([0.9, 0.8, 0.5, 0.4]), v, 3, 0.5, long_tail=tail).tolist()
+    [0, 2, 1]
+    >>> LongTailQuota().rerank(np.array([0.9, 0.8, 0.5, 0.4]), v, 3, 1.0, long_tail=tail).tolist()
+    [0, 1, 2]
+    """
+
+    name = "long_tail"
+    uses_long_tail = True
+
+    def _rerank(self, scores, vectors, k, trade_off):
+        order = np.argsort(-scores, kind="stable")
+        if trade_off >= 1.0 or self._long_tail is None:
+            return order[:k]
+        is_tail = self._long_tail[order]
+        if not is_tail.any():
+            return order[:k]
+        share = 1.0 - trade_off
+        tail = order[is_tail].tolist()  # long-tail candidates, most relevant first
+        chosen: list[int] = []
+        taken = np.zeros(len(scores), dtype=bool)
+        n_tail = next_any = next_tail = 0
+        for p in range(1, k + 1):
+            need = math.floor(share * p + 1e-9) if p > 1 else 0
+            while next_tail < len(tail) and taken[tail[next_tail]]:
+                next_tail += 1
+            if n_tail < need and next_tail < len(tail):
+                j = tail[next_tail]
+            else:
+                while taken[order[next_any]]:
+                    next_any += 1
+                j = int(order[next_any])
+            chosen.append(j)
+            taken[j] = True
+            n_tail += int(self._long_tail[j])
+        return np.array(chosen)
+
+
 RERANKERS: dict[str, type[Reranker]] = {
     "relevance": RelevanceOnly,
     "mmr": MMR,
@@ -395,6 +465,7 @@ RERANKERS: dict[str, type[Reranker]] = {
     "dpp_pinned": PinnedDPP,
     "calibrated": Calibrated,
     "category_cap": CategoryCap,
+    "long_tail": LongTailQuota,
 }
 
 

@@ -80,6 +80,7 @@ from streams.contracts import (
     parse_rank_request,
 )
 from streams.experiments import Arm, load_config
+from streams.exposure import RollingExposure
 from streams.fusion import parse_published
 from streams.kafka import (
     DeliveryFailed,
@@ -205,7 +206,7 @@ def build_ranker(
 
         cross = CrossEncoder(settings.cross_encoder, device=settings.device)
         scorer = CrossEncoderScorer(scorer, cross, settings.cross_top_n)
-    return Ranker(scorer, reranker, catalog, trade_off, version, book)
+    return Ranker(scorer, reranker, catalog, trade_off, version, book, reasons=settings.reasons)
 
 
 def load_ranker(settings: Settings, book: PolicyBook | None = None) -> Ranker:
@@ -254,6 +255,9 @@ class Worker:
         self._catalog = self.ranker.catalog
         self._recent_lists: deque[list[int]] = deque(maxlen=1000)
         self._recent_ild: deque[float] = deque(maxlen=1000)
+        # Exposure of the last 1000 lists (built on the first list: the catalog's
+        # long-tail flags and categories); a new model's catalog starts a new one.
+        self._exposure: RollingExposure | None = None
         self._stop = threading.Event()
         self._reload_now = threading.Event()
         self._pending: Ranker | None = None
@@ -306,6 +310,7 @@ class Worker:
         old, self.ranker, self._catalog = self.ranker, new, new.catalog
         self._recent_lists.clear()
         self._recent_ild.clear()
+        self._exposure = None
         metrics.MODEL_RELOADS.inc()
         metrics.MODEL_INFO.remove(old.model_version, self._device(old))
         metrics.MODEL_INFO.labels(new.model_version, self._device(new)).set(1)
@@ -481,6 +486,11 @@ class Worker:
             metrics.LIST_ILD_RELEVANCE.set(float(np.mean(self.ranker.relevance_ild)))
         distinct = {r for lst in self._recent_lists for r in lst}
         metrics.CATALOG_COVERAGE.set(len(distinct) / max(1, len(self._catalog)))
+        if self._exposure is None:
+            self._exposure = RollingExposure(self._catalog.long_tail, self._catalog.categories)
+        self._exposure.add(rows)
+        metrics.LIST_LONG_TAIL_SHARE.set(self._exposure.long_tail_share)
+        metrics.EXPOSURE_GINI.set(self._exposure.category_gini)
 
     def _attach(self, ranker: Ranker) -> Ranker:
         """Hand the followed item signals and fusion weights to ``ranker``."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -268,6 +269,36 @@ def _titles(dataset: Dataset, items: list[str]) -> list[str]:
     return [dataset.items[i].title if i in dataset.items else i for i in items]
 
 
+# How each candidate source reads in the example lists (model/reasons.py): with
+# the user's item behind it, and without one.
+_BECAUSE_TEXT = {"covis": "bought with {}", "seq": "next after {}", "retrieval": "like {}"}
+_SOURCE_TEXT = {
+    "repeat": "you bought it before",
+    "covis": "bought with your items",
+    "seq": "what comes next",
+    "retrieval": "matches your taste",
+    "popular": "popular",
+    "trending": "trending",
+}
+
+
+def _reason_text(dataset: Dataset, reason: dict | None, width: int = 28) -> str:
+    """A list item's ``reason`` as a few words: its source, the user's item behind
+    it, and the two features that added most (``(seq, covis)``)."""
+    if not reason:
+        return ""
+    source, because = str(reason.get("source")), reason.get("because")
+    if because and source in _BECAUSE_TEXT:
+        title = _titles(dataset, [because])[0]
+        title = title if len(title) <= width else title[: width - 1] + "…"
+        text = _BECAUSE_TEXT[source].format(title)
+    else:
+        text = _SOURCE_TEXT.get(source, source)
+    top = [str(name) for name in list(reason.get("top") or {})[:2]]
+    text = f"{text} ({', '.join(top)})" if top else text
+    return escape(text)  # a title may hold [brackets] rich would read as markup
+
+
 def _print_report(report: DemoReport, dataset: Dataset, console: Console) -> None:
     table = Table(title="streamrec demo report", show_header=False)
     start = "cold: catalog built" if report.catalog_built else "warm: catalog cached"
@@ -318,9 +349,17 @@ def _print_report(report: DemoReport, dataset: Dataset, console: Console) -> Non
         t.add_column("recently bought")
         t.add_column("recommended")
         recommended = _titles(dataset, [x["item_id"] for x in rec["items"]])
+        # Each item's reason beside it (RankedItem.reason; off: STREAMREC_REASONS=false).
+        why = [_reason_text(dataset, x.get("reason")) for x in rec["items"]]
+        if any(why):
+            t.add_column("why")
         bought = _titles(dataset, recent)
         for i in range(max(len(bought), len(recommended))):
-            t.add_row(
-                bought[i] if i < len(bought) else "", recommended[i] if i < len(recommended) else ""
-            )
+            cells = [
+                bought[i] if i < len(bought) else "",
+                recommended[i] if i < len(recommended) else "",
+            ]
+            if any(why):
+                cells.append(why[i] if i < len(why) else "")
+            t.add_row(*cells)
         console.print(t)

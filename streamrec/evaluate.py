@@ -101,6 +101,12 @@ def _metric_columns(k: int, p2: bool, categories: bool) -> list[tuple[str, str, 
     cols += [
         ("catalog_coverage", "catalog cov.", "{:.3f}"),
         (f"novelty@{k}", f"novelty@{k}", "{:.2f}"),
+        (f"long_tail_share@{k}", "long tail", "{:.3f}"),
+    ]
+    if categories:
+        cols.append((f"exposure_gini_category@{k}", "Gini cat.", "{:.3f}"))
+    cols += [
+        (f"exposure_gini_item@{k}", "Gini items", "{:.3f}"),
         ("seconds", "seconds", "{:.1f}"),
     ]
     return cols
@@ -148,8 +154,12 @@ def _markdown(report: Mapping, k: int) -> str:
     lines += [
         "`n` = test cases; `seconds` = fit + every list + metrics for that method. "
         "ILD from pretrained all-MiniLM-L6-v2 reference embeddings. Catalog coverage = "
-        "distinct recommended items / candidate items. repeat-buy is left out where the "
-        "user's own items are removed (it is then the popularity order).",
+        "distinct recommended items / candidate items. Exposure = 1/log2(rank+1) per "
+        "listed item, summed over the lists: `long tail` = its share on items outside "
+        "the most popular 20% by training interactions; `Gini cat.` / `Gini items` = its "
+        "Gini coefficient across categories (derived by k-means where the data has "
+        "none, as the catalog does) / across candidate items (0 = equal). repeat-buy is "
+        "left out where the user's own items are removed (it is then the popularity order).",
         "",
     ]
     return "\n".join(lines)
@@ -296,7 +306,14 @@ def _sweep(
     out: Path,
     console: Console,
 ) -> dict:
-    from model.evaluation.sweep import best_within, qualifying, sweep_p1, write_sweep
+    from model.evaluation.sweep import (
+        best_within,
+        long_tail_qualifying,
+        long_tail_within,
+        qualifying,
+        sweep_p1,
+        write_sweep,
+    )
 
     name, masked = MASKS[mask][0]
     result = sweep_p1(
@@ -326,8 +343,39 @@ def _sweep(
             f"{best['trade_off']:g} (ILD {best['ild_change']:+.1%}, "
             f"NDCG {best['ndcg_change']:+.1%})"
         )
+    _print_long_tail(console, result, long_tail_qualifying(result), long_tail_within(result))
     console.print(f"[bold]sweep[/] {result['seconds']:.0f} s -> {', '.join(map(str, paths))}")
     return result
+
+
+def _print_long_tail(
+    console: Console, result: Mapping, ok: Sequence[Mapping], best: Mapping | None
+) -> None:
+    """The sweep's exposure lines: the relevance order's long-tail share and Gini, the
+    settings that raise the share by 30% within 3% NDCG, the most long-tail one."""
+    k = result["k"]
+    ref = next(p for p in result["points"] if p["reranker"] == "relevance")
+    if f"long_tail_share@{k}" not in ref:
+        return
+    gini = ref.get(f"exposure_gini_category@{k}")
+    console.print(
+        f"[bold]sweep[/] relevance order: long-tail share {ref[f'long_tail_share@{k}']:.3f}, "
+        + (f"exposure Gini {gini:.3f} across categories, " if gini is not None else "")
+        + f"{ref[f'exposure_gini_item@{k}']:.3f} across items"
+    )
+    if ok:
+        top = ok[0]
+        console.print(
+            f"[bold]sweep[/] {len(ok)} settings raise the long-tail share >= 30% for <= 3% "
+            f"NDCG@{k}; most: {top['reranker']} {top['trade_off']:g} (long tail "
+            f"{top['long_tail_change']:+.1%}, NDCG {top['ndcg_change']:+.1%})"
+        )
+    elif best is not None:
+        console.print(
+            f"[bold]sweep[/] none raises the long-tail share >= 30% for <= 3% NDCG@{k}; "
+            f"most within -3% NDCG: {best['reranker']} {best['trade_off']:g} (long tail "
+            f"{best['long_tail_change']:+.1%}, NDCG {best['ndcg_change']:+.1%})"
+        )
 
 
 def run_through_kafka(

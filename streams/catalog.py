@@ -9,6 +9,10 @@ imports torch. Layout of the folder:
 ``vectors.npy``     float32 (n, dim), rows L2-normalised (the item tower)
 ``popularity.npy``  float32 (n,), interaction counts in the data it was built from
 ``index.faiss``     exact inner-product index over ``vectors``
+
+``Catalog.long_tail`` (derived, not stored): True for the items outside the
+most popular 20% by ``popularity`` (:func:`streams.exposure.long_tail_mask`),
+what the fairness reranker promotes and the worker's long-tail gauge counts.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from streams.exposure import long_tail_mask
 
 __all__ = ["Catalog", "CatalogNotFound"]
 
@@ -51,6 +57,8 @@ class Catalog:
         self.row: dict[str, int] = {item: i for i, item in enumerate(self.item_ids)}
         # Most popular first; ties by catalog order, so the fallback is deterministic.
         self.popular_rows = np.argsort(-self.popularity, kind="stable")
+        # Outside the most popular 20% (ties by catalog order, as popular_rows).
+        self.long_tail = long_tail_mask(self.popularity)
 
     def __len__(self) -> int:
         return len(self.item_ids)

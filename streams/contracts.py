@@ -396,12 +396,22 @@ def decode_vector(text: str) -> np.ndarray:
 
 class RankedItem(_Message):
     """One list entry; ``features`` are the fusion ranker's inputs for it (the
-    dataflow learns the fusion weights from them when outcomes come back)."""
+    dataflow learns the fusion weights from them when outcomes come back).
+
+    ``reason`` (optional; ``Settings.reasons``) says why the item is listed:
+    ``{"source", "because", "top"}``, with ``source`` the candidate source
+    that proposed it (``retrieval``, ``popular``, ``repeat``, ``seq``,
+    ``covis``, ``trending``), ``because`` the user's item that explains it or
+    null, and ``top`` the features that added most to its score,
+    ``{name: contribution}`` largest first (the fusion ranker's; empty for
+    others). See :mod:`model.reasons`.
+    """
 
     item_id: str
     score: float
     rank: int
     features: dict[str, float] | None = None
+    reason: dict[str, Any] | None = None
 
 
 class Recommendation(_Message):

@@ -55,6 +55,7 @@ RERANKER_NAMES = (
     "dpp_pinned",
     "calibrated",
     "category_cap",
+    "long_tail",
 )
 
 #: The experiment stamp of a user outside every experiment's traffic.

@@ -166,6 +166,11 @@ class Settings(BaseSettings):
         "newest (counted in streamrec_worker_skipped_requests_total); explicit requests are "
         "always answered",
     )
+    reasons: bool = Field(
+        True,
+        description="each listed item carries a reason (`RankedItem.reason`: its candidate "
+        "source, the user's item behind it, the features that added most); off = null",
+    )
     mmr_lambda: float = Field(0.7, ge=0, le=1, description="MMR relevance weight (1 = relevance)")
     lm_blend: float = Field(
         0.5, ge=0, le=1, description="weight of the LM history query vs the streamed embedding"

@@ -416,6 +416,27 @@ class SignalsTable:
         """:meth:`SignalsView.features` of ``view(recent_items, now)``."""
         return self.view(recent_items, now).features(item_ids)
 
+    def covis_because(
+        self, items: Collection[str], recent_items: Sequence[str], now: float
+    ) -> dict[str, str]:
+        """For each of ``items`` that is a co-visitation neighbour of a recent item:
+        the recent item whose weight adds the most to its ``covis`` score (weighed
+        as the score is), ties to the most recent. The reason behind a ``covis``
+        candidate; called for the few listed ones only."""
+        wanted = set(items)
+        best: dict[str, tuple[float, str]] = {}
+        for pos, src in enumerate(recent_items):
+            row = self.rows.get(src)
+            if row is None:
+                continue
+            factor = _decay(now - row.ts, self.cfg.covis_half_life_s) / (1.0 + pos)
+            for dst, w in row.neighbours:
+                if dst in wanted:
+                    score = w * factor
+                    if dst not in best or score > best[dst][0]:
+                        best[dst] = (score, src)
+        return {item: src for item, (_, src) in best.items()}
+
     def _covis(self, recent_items: Sequence[str], now: float) -> dict[str, float]:
         scores: dict[str, float] = {}
         for pos, src in enumerate(recent_items):

@@ -229,10 +229,16 @@ def test_sweep_reranks_the_same_scores_and_writes_its_files(
     ok, closest = qualifying(sweep)
     assert all(r["ild_change"] >= 0.2 and r["ndcg_change"] >= -0.03 for r in ok)
     assert closest is None or not ok
+    # Every setting carries its exposure: long-tail share and the two Gini coefficients.
+    for p in sweep["points"]:
+        assert 0.0 <= p["long_tail_share@10"] <= 1.0
+        assert 0.0 <= p["exposure_gini_item@10"] < 1.0
     paths = write_sweep(tmp_path, sweep, product, "generic sweep")
     assert [p.name for p in paths] == ["sweep.json", "sweep.md", "sweep.png"]
     assert all(p.stat().st_size > 0 for p in paths)
     assert json.loads(paths[0].read_text())["points"] == sweep["points"]
+    assert "long-tail share" in paths[1].read_text()
+    assert "long_tail_within_ndcg_budget" in json.loads(paths[0].read_text())
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

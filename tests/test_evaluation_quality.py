@@ -30,6 +30,7 @@ from model.evaluation.quality import (
     category_count,
     hr_at_k,
     ild,
+    long_tail_items,
     mrr_at_k,
     ndcg_at_k,
     novelty,
@@ -125,6 +126,38 @@ def test_accumulator_summary() -> None:
     assert s["category_coverage@2"] == 1.5
     assert s["catalog_coverage"] == 0.75
     assert s["novelty@2"] == pytest.approx((0 + 1 + 2 + 0) / 4)
+
+
+def test_accumulator_exposure_by_hand() -> None:
+    w2 = 1 / math.log2(3)
+    acc = QualityAccumulator(
+        k=2, categories=["a", "a", "b", None], long_tail=[False, True, True, True]
+    )
+    users = np.array([1, 1, 1, 1])
+    acc.add([0, 1], [0], users, 4)  # exposure: item 0 += 1, item 1 += w2
+    acc.add([2, 0], [0], users, 4)  # item 2 += 1, item 0 += w2
+    s = acc.summary(n_candidates=5)
+    total = 2 * (1 + w2)
+    assert s["long_tail_share@2"] == pytest.approx((w2 + 1) / total)
+    share = s["exposure_by_category@2"]
+    assert share == pytest.approx({"a": (1 + w2 + w2) / total, "b": 1 / total})
+    gini_cat = abs(share["a"] - share["b"]) / 2  # two members: |x - y| / (2 (x + y))
+    assert s["exposure_gini_category@2"] == pytest.approx(gini_cat)
+    # Items: exposures (1 + w2, w2, 1) and two candidates never shown (zeros).
+    x = np.array([1 + w2, w2, 1.0, 0.0, 0.0])
+    brute = np.abs(x[:, None] - x[None, :]).sum() / (2 * len(x) ** 2 * x.mean())
+    assert s["exposure_gini_item@2"] == pytest.approx(brute)
+    # Without categories or flags only the item Gini is there; nothing before a list.
+    plain = QualityAccumulator(k=2)
+    assert plain.exposure(5) == {}
+    plain.add([0, 1], [0], users, 4)
+    assert set(plain.exposure(5)) == {"exposure_gini_item@2"}
+
+
+def test_long_tail_items_by_training_interactions() -> None:
+    # 10 items: the head is the 2 most interacted with (ties: lower code).
+    train_items = np.array([3, 3, 3, 7, 7, 1, 1, 0])
+    assert np.flatnonzero(~long_tail_items(train_items, 10)).tolist() == [1, 3]
 
 
 def test_top_k_ties_and_masking() -> None:
@@ -383,9 +416,33 @@ def test_evaluate_p1_end_to_end_masking() -> None:
             assert metrics["n"] == 8 and metrics["seconds"] >= 0
             assert {"recall@3", "ndcg@3", "mrr@3", "ild@3", "novelty@3"} <= set(metrics)
             assert "category_coverage@3" in metrics
+            exposure = {"long_tail_share@3", "exposure_gini_category@3", "exposure_gini_item@3"}
+            assert exposure <= set(metrics)
+            assert 0.0 <= metrics["long_tail_share@3"] <= 1.0
+    # Popularity lists the head (the 2 most popular of 6 items) first, then one
+    # long-tail item: only the third position's exposure is long-tail.
+    third = 1 / math.log2(4)
+    share = third / (1 + 1 / math.log2(3) + third)
+    assert plain["popularity"]["long_tail_share@3"] == pytest.approx(share)
     # Every target (c) repeats a history item: masking makes every method miss.
     assert all(m["recall@3"] == 0 for m in masked.values())
     assert plain["repeat-buy"]["recall@3"] > 0
+
+
+def test_evaluate_p1_derives_categories_where_the_data_has_none() -> None:
+    rows = []
+    for u in range(8):
+        seq = ["a", "b", "c", "d", "e", "f", "g", "h"][u % 3 :] + ["c", "a", "c"]
+        rows += [(f"u{u}", it, float(10 * t + u)) for t, it in enumerate(seq)]
+    data = dataset(rows)
+    data = Dataset(
+        "plain", data.interactions, {i: Item(i, f"item {i}", None) for i in data.items}, [], {}, "1"
+    )
+    emb = ReferenceEmbeddings(data.items, encoder=FakeEncoder())
+    res = evaluate_p1(data, {"popularity": Popularity()}, k=3, embeddings=emb)["popularity"]
+    # k-means of the reference embeddings, as the catalog derives them.
+    assert "category_coverage@3" in res and "exposure_gini_category@3" in res
+    assert set(res["exposure_by_category@3"]) <= {f"c{i}" for i in range(8)}
 
 
 def test_evaluate_p2_end_to_end() -> None:

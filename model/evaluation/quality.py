@@ -9,6 +9,14 @@ property of all lists together.
 Diversity is measured with :class:`ReferenceEmbeddings`, the pretrained
 all-MiniLM-L6-v2 vectors of the item text, never a system's own model, so a
 model cannot grade itself.
+
+Exposure (:mod:`streams.exposure`, the same definitions the worker exports
+live): each listed item gets its position weight ``1/log2(rank+1)``, summed
+over all lists of a run. The summary has the exposure share per category
+(``exposure_by_category@k``), the Gini coefficient of that exposure across
+categories and across candidate items (zeros included), and the share that
+goes to long-tail items (outside the most popular 20% by training
+interactions).
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from streams.exposure import gini, long_tail_mask, position_weights
 
 if TYPE_CHECKING:
     from model.encoder import Encoder
@@ -31,6 +41,7 @@ __all__ = [
     "category_count",
     "novelty",
     "catalog_coverage",
+    "long_tail_items",
     "QualityAccumulator",
     "ReferenceEmbeddings",
 ]
@@ -144,12 +155,27 @@ def catalog_coverage(lists: Sequence[Sequence[int]], n_candidates: int) -> float
     return len(seen) / n_candidates if n_candidates else 0.0
 
 
+def long_tail_items(train_items: np.ndarray, n_items: int) -> np.ndarray:
+    """Per item code, True when outside the most popular 20% by training interactions.
+
+    ``train_items`` is the item code of every training interaction (repeats count).
+
+    >>> long_tail_items(np.array([0, 0, 2, 1, 0, 2]), n_items=5).tolist()
+    [False, True, True, True, True]
+    """
+    counts = np.bincount(np.asarray(train_items, dtype=np.int64), minlength=n_items)
+    return long_tail_mask(counts)
+
+
 class QualityAccumulator:
     """Collects per-list metrics over a protocol run and summarises them.
 
     ``vectors`` (rows = item codes, L2-normalised reference embeddings) enables
-    ILD; ``categories`` (per item code) enables category coverage. NaN values
-    (a list too short for ILD) are left out of the mean.
+    ILD; ``categories`` (per item code) enables category coverage and the
+    exposure per category and its Gini; ``long_tail`` (bool per item code, see
+    :func:`long_tail_items`) enables the long-tail share of the exposure. The
+    Gini across items always comes. NaN values (a list too short for ILD) are
+    left out of the mean.
 
     >>> acc = QualityAccumulator(k=2)
     >>> acc.add([0, 1], [1], item_users=np.array([2, 2, 1]), n_users=4)
@@ -164,12 +190,16 @@ class QualityAccumulator:
         k: int = 10,
         vectors: np.ndarray | None = None,
         categories: Sequence[str | None] | None = None,
+        long_tail: Sequence[bool] | np.ndarray | None = None,
     ) -> None:
         self.k = k
         self.vectors = vectors
         self.categories = categories
+        self.long_tail = None if long_tail is None else np.asarray(long_tail, dtype=bool)
         self._values: dict[str, list[float]] = {}
         self._recommended: set[int] = set()
+        self._weights = position_weights(k)
+        self._exposure = np.zeros(0, dtype=np.float64)  # per item code, grown on demand
 
     def _put(self, name: str, value: float) -> None:
         self._values.setdefault(name, []).append(value)
@@ -195,6 +225,13 @@ class QualityAccumulator:
             categories = [self.categories[i] for i in ranked]
             self._put(f"category_coverage@{k}", category_count(categories))
         self._recommended.update(ranked.tolist())
+        if len(ranked):
+            top = int(ranked.max()) + 1
+            if top > len(self._exposure):
+                grown = np.zeros(max(top, 2 * len(self._exposure)), dtype=np.float64)
+                grown[: len(self._exposure)] = self._exposure
+                self._exposure = grown
+            np.add.at(self._exposure, ranked, self._weights[: len(ranked)])
 
     @property
     def n(self) -> int:
@@ -208,6 +245,36 @@ class QualityAccumulator:
             arr = arr[~np.isnan(arr)]
             out[name] = float(arr.mean()) if len(arr) else float("nan")
         out["catalog_coverage"] = catalog_coverage([sorted(self._recommended)], n_candidates)
+        out.update(self.exposure(n_candidates))
+        return out
+
+    def exposure(self, n_candidates: int) -> dict[str, float | dict[str, float]]:
+        """The exposure metrics (see the module's docstring); empty before any list.
+
+        ``exposure_gini_item@k`` counts ``n_candidates`` items, the unexposed
+        ones as zeros; ``exposure_gini_category@k`` every category of
+        ``categories`` (unknown ones left out of it).
+        """
+        k, exposure = self.k, self._exposure
+        total = float(exposure.sum())
+        if total <= 0.0:
+            return {}
+        exposed = exposure[exposure > 0]
+        zeros = np.zeros(max(0, n_candidates - len(exposed)))
+        out: dict[str, float | dict[str, float]] = {
+            f"exposure_gini_item@{k}": gini(np.concatenate([exposed, zeros]))
+        }
+        if self.long_tail is not None:
+            n = min(len(exposure), len(self.long_tail))
+            out[f"long_tail_share@{k}"] = float(exposure[:n][self.long_tail[:n]].sum()) / total
+        if self.categories is not None:
+            by_category = dict.fromkeys(sorted({c for c in self.categories if c is not None}), 0.0)
+            for code in np.flatnonzero(exposure).tolist():
+                c = self.categories[code]
+                if c is not None:
+                    by_category[c] += float(exposure[code])
+            out[f"exposure_gini_category@{k}"] = gini(list(by_category.values()))
+            out[f"exposure_by_category@{k}"] = {c: v / total for c, v in by_category.items()}
         return out
 
 

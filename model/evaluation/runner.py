@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from model.evaluation.baselines import Recommender
 from model.evaluation.protocols import LeaveLastOut, PrequentialReplay, leave_last_out
-from model.evaluation.quality import QualityAccumulator, ReferenceEmbeddings
+from model.evaluation.quality import QualityAccumulator, ReferenceEmbeddings, long_tail_items
 
 if TYPE_CHECKING:
     from streams.datasets import Dataset
@@ -29,10 +29,43 @@ Results = dict[str, dict[str, float]]
 _BATCH = 512
 
 
-def _categories(dataset: Dataset, item_ids: Sequence[str]) -> list[str | None] | None:
-    """Per item code, its category; None when the dataset has no categories at all."""
+def _categories(
+    dataset: Dataset, item_ids: Sequence[str], embeddings: ReferenceEmbeddings | None = None
+) -> list[str | None] | None:
+    """Per item code, its category; None when the dataset has no categories at all.
+
+    With ``embeddings``, a dataset without categories (online-retail) gets the
+    ones its catalog derives (``model.index.derive_categories``: k-means of
+    every item's pretrained embedding, the same clusters as a catalog built
+    with the pretrained model), so exposure per category can be measured.
+    """
     cats = [dataset.items[i].category if i in dataset.items else None for i in item_ids]
+    if any(c is not None for c in cats):
+        return cats
+    if embeddings is None or not dataset.items:
+        return None
+    derived = _derived_categories(dataset, embeddings)
+    if not derived:
+        return None
+    cats = [derived.get(i) for i in item_ids]
     return cats if any(c is not None for c in cats) else None
+
+
+def _derived_categories(dataset: Dataset, embeddings: ReferenceEmbeddings) -> dict[str, str | None]:
+    """Item id -> derived category over every item of ``dataset``; kept on
+    ``embeddings`` per item set, so P1, P2 and the sweep derive them once."""
+    every = sorted(dataset.items)  # the catalog's row order (make_catalog)
+    cache = embeddings.__dict__.setdefault("_derived_categories", {})
+    key = tuple(every)
+    if key not in cache:
+        from model.index import derive_categories
+
+        vectors = embeddings(every)
+        if vectors is None or np.ndim(vectors) != 2 or len(vectors) != len(every):
+            return {}  # a stand-in without vectors: no categories to derive
+        labels, _ = derive_categories(np.asarray(vectors, dtype=np.float32))
+        cache[key] = dict(zip(every, labels, strict=True))
+    return cache[key]
 
 
 def evaluate_p1(
@@ -57,12 +90,13 @@ def evaluate_p1(
     embeddings = embeddings if embeddings is not None else ReferenceEmbeddings(dataset.items)
     data = split.test if fold == "test" else split.valid
     vectors = embeddings(split.item_ids)
-    categories = _categories(dataset, split.item_ids)
+    categories = _categories(dataset, split.item_ids, embeddings)
+    long_tail = long_tail_items(data.train.events.items, len(split.item_ids))
     item_users, n_users = data.item_users(), len(split.user_ids)
     chosen = np.arange(n_users) if users is None else np.asarray(users, dtype=np.int64)
     results: Results = {}
     for name, method in methods.items():
-        acc = QualityAccumulator(k, vectors, categories)
+        acc = QualityAccumulator(k, vectors, categories, long_tail)
         start = perf_counter()
         method.fit(data.train)
         batches = range(0, len(chosen), _BATCH)
@@ -91,15 +125,17 @@ def evaluate_p2(
 
     ``all`` scores each test basket's distinct items; ``new`` removes the user's
     earlier items from the list and the relevant set and skips baskets left
-    with nothing. Catalog coverage is over the items sold before the last test.
+    with nothing. Catalog coverage is over the items sold before the last test;
+    the long tail is by the interactions before the first test (``train_set``).
     """
     replay = replay if replay is not None else PrequentialReplay(dataset.interactions, start)
     embeddings = embeddings if embeddings is not None else ReferenceEmbeddings(dataset.items)
     vectors = embeddings(replay.item_ids)
-    categories = _categories(dataset, replay.item_ids)
+    categories = _categories(dataset, replay.item_ids, embeddings)
+    long_tail = long_tail_items(replay.train_set().events.items, len(replay.item_ids))
     results: dict[str, Results] = {"all": {}, "new": {}}
     for name, method in methods.items():
-        acc = {v: QualityAccumulator(k, vectors, categories) for v in results}
+        acc = {v: QualityAccumulator(k, vectors, categories, long_tail) for v in results}
         n_candidates = 0
         start_s = perf_counter()
         method.fit(replay.train_set())
