@@ -59,6 +59,7 @@ recbole-env: $(RECBOLE_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streams model streamrec tests benchmarks
+	$(VENV)/bin/ruff format --check streams model streamrec tests benchmarks
 
 clean:
 	rm -rf $(VENV) .cache
