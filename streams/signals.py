@@ -41,7 +41,7 @@ import heapq
 import json
 import math
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -425,11 +425,7 @@ class SignalsTable:
         candidate; called for the few listed ones only."""
         wanted = set(items)
         best: dict[str, tuple[float, str]] = {}
-        for pos, src in enumerate(recent_items):
-            row = self.rows.get(src)
-            if row is None:
-                continue
-            factor = _decay(now - row.ts, self.cfg.covis_half_life_s) / (1.0 + pos)
+        for src, row, factor in self._covis_sources(recent_items, now):
             for dst, w in row.neighbours:
                 if dst in wanted:
                     score = w * factor
@@ -439,14 +435,21 @@ class SignalsTable:
 
     def _covis(self, recent_items: Sequence[str], now: float) -> dict[str, float]:
         scores: dict[str, float] = {}
-        for pos, src in enumerate(recent_items):
-            row = self.rows.get(src)
-            if row is None:
-                continue
-            factor = _decay(now - row.ts, self.cfg.covis_half_life_s) / (1.0 + pos)
+        for _, row, factor in self._covis_sources(recent_items, now):
             for dst, w in row.neighbours:
                 scores[dst] = scores.get(dst, 0.0) + w * factor
         return scores
+
+    def _covis_sources(
+        self, recent_items: Sequence[str], now: float
+    ) -> Iterator[tuple[str, SignalRow, float]]:
+        """(recent item, its row, the weight of its neighbours) for each recent item
+        with a row: its row's decay to ``now`` over its recency rank (1 / (1 + pos)).
+        The one weighing of ``covis`` scores and of the reasons behind them."""
+        for pos, src in enumerate(recent_items):
+            row = self.rows.get(src)
+            if row is not None:
+                yield src, row, _decay(now - row.ts, self.cfg.covis_half_life_s) / (1.0 + pos)
 
     def _counts_at(self, now: float) -> tuple[np.ndarray, np.ndarray]:
         """(trend, popularity) per item index: the short count over the long count
