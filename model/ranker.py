@@ -60,7 +60,8 @@ class Ranker:
         self.book = book
         self._rerankers: dict[str, Reranker] = {reranker.name: reranker}
         # ILD@k of the relevance order (top-k by score) of each recent list's
-        # candidates: the baseline the served lists' diversity is measured against.
+        # candidates: the baseline the served lists' diversity is measured against
+        # (recorded for recommend()'s lists only: the worker's gauge reads it).
         self.relevance_ild: deque[float] = deque(maxlen=1000)
 
     # The worker's followers (and the in-process evaluation) hand the latest
@@ -149,9 +150,11 @@ class Ranker:
         requests: Sequence[RankRequest],
         policies: Sequence[dict[str, object]] | None = None,
         reasons: bool = False,
+        baseline: bool = False,
     ) -> list[list[tuple[str, float, dict[str, float] | None, dict | None]]]:
         """(item_id, score, features, reason) per listed item; reasons only when
-        asked (None otherwise), computed for the ``k`` listed items alone."""
+        asked (None otherwise), computed for the ``k`` listed items alone. With
+        ``baseline``, each list's relevance-order ILD joins ``relevance_ild``."""
         if policies is None:
             policies = [self.choose(r) for r in requests]
         names: Sequence[str] = ()
@@ -183,8 +186,9 @@ class Ranker:
             )
             chosen = rows[pos].tolist()
             listed = np.asarray(scores)[pos].tolist()
-            top = rows[np.argsort(-np.asarray(scores), kind="stable")[: request.k]]
-            self.relevance_ild.append(intra_list_diversity(self.catalog.vectors[top]))
+            if baseline:
+                top = rows[np.argsort(-np.asarray(scores), kind="stable")[: request.k]]
+                self.relevance_ild.append(intra_list_diversity(self.catalog.vectors[top]))
             why: list[dict] | None = None
             if reasons and evidence is not None:
                 pending.append((len(lists), evidence, pos))
@@ -215,7 +219,7 @@ class Ranker:
     def recommend(self, requests: Sequence[RankRequest]) -> list[Recommendation]:
         """Rank and wrap each list in the ``recommendations`` contract."""
         policies = [self.choose(r) for r in requests]
-        ranked = self._rank(requests, policies, reasons=self.reasons)
+        ranked = self._rank(requests, policies, reasons=self.reasons, baseline=True)
         now = time.time()
         return [
             Recommendation(
