@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streamrec.processes import ProcessGroup, streamrec_cmd
+from streamrec.processes import ProcessGroup, metric_sum, scrape_metrics, streamrec_cmd
 from streams.broker import EmbeddedBroker
 from streams.contracts import RecommendationRequest, Topics
 from streams.datasets import Dataset, load_dataset
@@ -250,19 +250,10 @@ def _replay_and_follow(
 
 def _worker_ild(port: int) -> tuple[float | None, float | None]:
     """The worker's ``streamrec_list_ild`` and ``streamrec_list_ild_relevance`` gauges."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp:
-            text = resp.read().decode()
-    except OSError:
+    text = scrape_metrics(port, timeout_s=3)
+    if text is None:
         return None, None
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("streamrec_list_ild", "streamrec_list_ild_relevance"):
-            found[name] = float(value)
-    return found.get("streamrec_list_ild"), found.get("streamrec_list_ild_relevance")
+    return metric_sum(text, "streamrec_list_ild"), metric_sum(text, "streamrec_list_ild_relevance")
 
 
 def _titles(dataset: Dataset, items: list[str]) -> list[str]:

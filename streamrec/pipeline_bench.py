@@ -33,7 +33,6 @@ still run.
 from __future__ import annotations
 
 import gc
-import http.client
 import json
 import os
 import pickle
@@ -43,7 +42,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -59,7 +57,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamrec.demo import _wait_for_warmup
-from streamrec.processes import ChildFailed, ProcessGroup, streamrec_cmd
+from streamrec.processes import (
+    ChildFailed,
+    ProcessGroup,
+    metric_sum,
+    scrape_metrics,
+    streamrec_cmd,
+)
 from streams.broker import EmbeddedBroker, free_port
 from streams.contracts import (
     EVENT_TYPES,
@@ -79,7 +83,6 @@ __all__ = [
     "bench_pipeline",
     "render_table",
     "parse_skip",
-    "metric_sum",
     "metric_label",
     "percentiles",
     "latency_breakdown",
@@ -187,20 +190,6 @@ def parse_skip(text: str) -> frozenset[str]:
 
 
 # --- pure helpers (unit-tested with hand-made inputs) ---------------------------
-
-
-def metric_sum(text: str, sample: str) -> float:
-    """The sum of every sample named ``sample`` (all label sets) in a Prometheus text
-    exposition; 0 when there is none (a counter a process does not export yet)."""
-    return sum(
-        (
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == sample
-        ),
-        0.0,
-    )
 
 
 def metric_label(text: str, sample: str, label: str) -> str | None:
@@ -342,17 +331,8 @@ def _timing(m: Message) -> dict | None:
     return None
 
 
-def _scrape(port: int) -> str | None:
-    """The text of a process's /metrics, or None while it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            return r.read().decode("utf-8")
-    except (OSError, http.client.HTTPException):  # URLError is an OSError
-        return None
-
-
 def _skipped(port: int) -> float:
-    text = _scrape(port)
+    text = scrape_metrics(port)
     return metric_sum(text, _SKIPPED_METRIC) if text is not None else 0.0
 
 
@@ -755,7 +735,7 @@ class _Bench:
             deadline = time.monotonic() + timeout_s
             while True:
                 procs.check()
-                text = _scrape(port)
+                text = scrape_metrics(port)
                 now = time.time()
                 count = metric_sum(text, "streamrec_events_total") if text is not None else 0.0
                 if count > 0:
@@ -795,7 +775,7 @@ class _Bench:
                 started = time.time()
                 procs.start("worker", streamrec_cmd("worker"), env)
             span, skipped = self._await_lists(topics, n, procs, port)
-            text = _scrape(port) or ""
+            text = scrape_metrics(port) or ""
         handled = span.count + skipped
         return {
             "rank_requests": n,

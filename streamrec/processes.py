@@ -7,15 +7,17 @@ on exit: SIGTERM, then SIGKILL after a grace period.
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 
 from streams.broker import _die_with_parent
 
-__all__ = ["ProcessGroup", "ChildFailed", "streamrec_cmd"]
+__all__ = ["ProcessGroup", "ChildFailed", "streamrec_cmd", "scrape_metrics", "metric_sum"]
 
 
 class ChildFailed(RuntimeError):
@@ -25,6 +27,32 @@ class ChildFailed(RuntimeError):
 def streamrec_cmd(*args: str) -> list[str]:
     """``python -m streamrec <args>`` with this interpreter."""
     return [sys.executable, "-m", "streamrec", *args]
+
+
+def scrape_metrics(port: int, timeout_s: float = 2.0) -> str | None:
+    """The text of a child's Prometheus ``/metrics`` on 127.0.0.1, or None while
+    it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+            return r.read().decode("utf-8")
+    except (OSError, http.client.HTTPException):  # URLError is an OSError
+        return None
+
+
+def metric_sum(text: str, sample: str) -> float:
+    """The sum of every sample named ``sample`` (all label sets) in a Prometheus text
+    exposition; 0 when there is none (a counter a process does not export yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        (
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == sample
+        ),
+        0.0,
+    )
 
 
 class ProcessGroup:

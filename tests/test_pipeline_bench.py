@@ -22,13 +22,13 @@ from streamrec.pipeline_bench import (
     first_window_below,
     latency_breakdown,
     metric_label,
-    metric_sum,
     parse_skip,
     percentiles,
     rate_from_polls,
     render_table,
     window_p99,
 )
+from streamrec.processes import metric_sum
 from streams.settings import Settings
 from tests.conftest import write_generic_dataset
 

@@ -50,8 +50,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -223,18 +221,10 @@ def in_process_lists(
 def _signal_rows_applied(port: int) -> float:
     """The worker's ``streamrec_worker_signal_records``: the signal records behind
     the rows it applied (0 until /metrics answers)."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from streamrec.processes import metric_sum, scrape_metrics
 
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as r:
-            text = r.read().decode("utf-8")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "streamrec_worker_signal_records":
-                return float(sample.value)
-    return 0.0
+    text = scrape_metrics(port)
+    return 0.0 if text is None else metric_sum(text, "streamrec_worker_signal_records")
 
 
 def pipeline_lists(
