@@ -517,30 +517,37 @@ class Worker:
         that stopped the worker would stop it again at every start. The thread
         outlives a broker outage: the follower is rebuilt until it connects.
         """
+        follower = self._follower(topic)
+        if follower is None:  # stopped before the topic could be followed
+            return
+        try:
+            while not self._stop.is_set():
+                for m in follower.poll(500, 0.5):
+                    try:
+                        apply(m.value())
+                    except Exception as exc:  # noqa: BLE001 - any bad record is a skip
+                        metrics.SKIPPED_INTERNAL.labels(name).inc()
+                        log.warning(
+                            "skipping a bad %s record (partition %s, offset %s): %s: %s",
+                            topic,
+                            m.partition(),
+                            m.offset(),
+                            type(exc).__name__,
+                            str(exc)[:200],
+                        )
+        finally:
+            follower.close()
+
+    def _follower(self, topic: str) -> TopicFollower | None:
+        """A follower of ``topic``, retried every 2 s while the brokers are away or
+        the topic does not exist yet; None once the worker stops."""
         while not self._stop.is_set():
             try:
-                follower = TopicFollower(self.settings.brokers, [topic])
+                return TopicFollower(self.settings.brokers, [topic])
             except Exception as exc:  # noqa: BLE001 - retried: the topic may not exist yet
                 log.warning("cannot follow %s yet (%s); retrying", topic, exc)
                 self._stop.wait(2.0)
-                continue
-            try:
-                while not self._stop.is_set():
-                    for m in follower.poll(500, 0.5):
-                        try:
-                            apply(m.value())
-                        except Exception as exc:  # noqa: BLE001 - any bad record is a skip
-                            metrics.SKIPPED_INTERNAL.labels(name).inc()
-                            log.warning(
-                                "skipping a bad %s record (partition %s, offset %s): %s: %s",
-                                topic,
-                                m.partition(),
-                                m.offset(),
-                                type(exc).__name__,
-                                str(exc)[:200],
-                            )
-            finally:
-                follower.close()
+        return None
 
     def run(self) -> None:
         """The consume -> rank -> produce -> commit loop, until ``stop()``."""
