@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from model.reasons import fusion_reasons, simple_reasons
-from model.rerank import Reranker, get_reranker, intra_list_diversity
+from model.rerank import Reranker, get_reranker, intra_list_diversity, standardise
 from model.scoring import Scorer
 from streams.bandit.book import PolicyBook
 from streams.catalog import Catalog
@@ -48,8 +48,12 @@ class Ranker:
         model_version: str,
         book: PolicyBook | None = None,
         reasons: bool | None = None,
+        standardise: bool = False,
     ) -> None:
         self.scorer = scorer
+        # Rerank on each list's standardised scores (model.rerank.standardise):
+        # for a scorer whose scale moves, the fusion ranker's online-learned logits.
+        self.standardise = standardise
         # Lists from recommend() carry RankedItem.reason; None = the setting
         # (STREAMREC_REASONS), so the worker's ranker follows it.
         self.reasons = Settings().reasons if reasons is None else reasons
@@ -174,7 +178,7 @@ class Ranker:
         ):
             reranker = self._reranker(str(policy["reranker"]))
             pos = reranker.rerank(
-                scores,
+                standardise(scores) if self.standardise else scores,
                 self.catalog.vectors[rows],
                 request.k,
                 float(policy["lambda"]),

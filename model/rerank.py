@@ -5,17 +5,14 @@ A reranker turns relevance scores and item vectors into an ordered list of
 (1 = pure relevance order). ``Reranker.rerank`` validates the inputs and
 owns the contract; subclasses implement ``_rerank``.
 
-=============  ==============================================================
-``relevance``  top-k by score (the reference)
-``mmr``        Maximal Marginal Relevance (Carbonell and Goldstein, 1998)
-``dpp``        fast greedy DPP MAP inference (Chen, Zhang and Zhou, NeurIPS
-               2018), incremental Cholesky, optional sliding window
-``calibrated`` calibration to the user's category mix (Steck, RecSys 2018)
-``category_cap`` at most c items per category, c from the trade-off
-``long_tail``  a minimum long-tail share in every prefix of the list (exposure
-               fairness; ranked group fairness after Zehlike et al., FA*IR,
-               CIKM 2017, with a fixed proportion)
-=============  ==============================================================
+A trade-off weighs relevance against cosine similarity, so its effect depends
+on the scale of the scores. :func:`standardise` takes that scale out (the
+scores minus their maximum, over their standard deviation across the list's
+candidates): the fusion ranker's lists are reranked on it
+(``model.ranker.Ranker(standardise=True)``), because the online fusion
+learner sharpens its logits as it learns, which on raw scores silently
+turned the diversity down (the demo's ILD gain over the relevance order fell
+from +10.9% with the learner off to +5.4% with it on, at the same arm).
 """
 
 from __future__ import annotations
@@ -40,7 +37,27 @@ __all__ = [
     "RERANKERS",
     "get_reranker",
     "intra_list_diversity",
+    "standardise",
 ]
+
+
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """``(scores - max) / std`` over the list's candidates (float64): the scale every
+    reranker reads; the order is kept. Constant or single scores come back as zeros.
+
+    >>> standardise(np.array([3.0, 1.0, 2.0])).round(3).tolist()
+    [0.0, -2.449, -1.225]
+    >>> standardise(np.array([5.0, 5.0])).tolist()
+    [0.0, 0.0]
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) == 0:
+        return scores
+    spread = float(scores.std())
+    top = float(scores.max())
+    if not math.isfinite(spread) or spread <= 0.0:
+        return np.zeros_like(scores) if math.isfinite(top) else scores
+    return (scores - top) / spread
 
 
 def intra_list_diversity(vectors: np.ndarray) -> float:

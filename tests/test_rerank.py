@@ -16,6 +16,7 @@ from model.rerank import (
     RelevanceOnly,
     Reranker,
     get_reranker,
+    standardise,
 )
 
 
@@ -430,3 +431,50 @@ def test_the_ranker_hands_the_catalog_long_tail_to_the_rerankers_that_read_it() 
     if [item for item, _ in ranked] == ["i0", "i1", "i2"]:
         pytest.skip("model/ranker.py does not pass long_tail= to rerank yet (see the report)")
     assert [item for item, _ in ranked] == ["i0", "i2", "i3"]
+
+
+def test_standardise_keeps_the_order_and_takes_out_the_scale() -> None:
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=50)
+    z = standardise(scores)
+    assert np.argsort(-z, kind="stable").tolist() == np.argsort(-scores, kind="stable").tolist()
+    assert z.max() == 0.0 and z.std() == pytest.approx(1.0)
+    assert standardise(9.0 * scores - 4.0) == pytest.approx(z)
+    assert standardise(np.array([2.0, 2.0])).tolist() == [0.0, 0.0]
+    assert len(standardise(np.zeros(0))) == 0
+
+
+@pytest.mark.parametrize("name", ["mmr", "mmr_pinned", "dpp", "dpp_pinned"])
+def test_a_standardising_ranker_serves_the_same_lists_whatever_the_score_scale(name) -> None:
+    """The fusion ranker's online learner sharpens its logits as it learns: with
+    ``standardise`` the arm's lists do not change with that scale; on raw scores they do."""
+    from model.ranker import Ranker
+    from model.scoring import Scorer
+    from streams.catalog import Catalog
+    from streams.contracts import RankRequest
+
+    rng = np.random.default_rng(8)
+    n = 60
+    vectors = _unit(rng.normal(size=(n, 16))).astype(np.float32)
+    base = rng.normal(size=n)
+
+    class Scaled(Scorer):
+        scale = 1.0
+
+        def score(self, requests):
+            return [(np.arange(n), self.scale * base) for _ in requests]
+
+    ids = [f"i{i}" for i in range(n)]
+    catalog = Catalog(ids, ids, [None] * n, vectors, np.ones(n))
+    request = RankRequest.model_validate(
+        {"request_id": "r", "user_id": "u", "k": 10, "arrival_ts": 0.0, "created_ts": 0.0}
+    )
+    lists = {}
+    for standardised in (True, False):
+        scorer = Scaled()
+        ranker = Ranker(scorer, get_reranker(name), catalog, 0.4, "t", standardise=standardised)
+        for scale in (0.2, 1.0, 8.0):
+            scorer.scale = scale
+            lists[standardised, scale] = [i for i, _ in ranker.rank([request])[0]]
+    assert lists[True, 0.2] == lists[True, 1.0] == lists[True, 8.0]
+    assert len({tuple(lists[False, s]) for s in (0.2, 1.0, 8.0)}) > 1

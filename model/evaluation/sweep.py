@@ -49,8 +49,8 @@ LONG_TAIL_GAIN = 0.30
 NDCG_LOSS = 0.03
 
 #: Trade-offs swept for every reranker but ``relevance`` (1 = the relevance order).
-#: Finer below 0.4: with the fusion ranker's log-probability scale that is where
-#: the accuracy/diversity frontier bends.
+#: Finer below 0.5: on the fusion ranker's standardised relevance (``model.rerank``),
+#: that is where the fusion ranker's accuracy/diversity frontier bends.
 TRADE_OFFS = (
     1.0,
     0.9,
@@ -119,6 +119,7 @@ def sweep_p1(
             catalog=system.catalog,
             trade_off=t,
             model_version=system.ranker.model_version,
+            standardise=system.ranker.standardise,
         )
         for name, t in settings
     }
