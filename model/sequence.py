@@ -131,13 +131,25 @@ class SeqRec(nn.Module):
         """(n_items, dim): every item's representation (input and output side)."""
         return self.content(self.lm) + self.ids.weight[1:]
 
+    @staticmethod
+    def padded(table: torch.Tensor) -> torch.Tensor:
+        """``table`` under a zero row: the embedding of token 0 (padding)."""
+        return torch.cat([table.new_zeros(1, table.shape[1]), table])
+
     def _inputs(
-        self, tokens: torch.Tensor, gaps: torch.Tensor, table: torch.Tensor | None, start: int
+        self,
+        tokens: torch.Tensor,
+        gaps: torch.Tensor,
+        table: torch.Tensor | None,
+        start: int,
+        padded: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedded inputs, additive attention mask per head) for ``tokens``, whose
-        first column is position ``start`` of the full window."""
-        table = self.item_table() if table is None else table
-        padded = torch.cat([table.new_zeros(1, table.shape[1]), table])
+        first column is position ``start`` of the full window. ``padded``: the
+        caller's cached :meth:`padded` table (serving: a copy of the whole table
+        per call otherwise)."""
+        if padded is None:
+            padded = self.padded(self.item_table() if table is None else table)
         length = tokens.shape[1]
         pos = torch.arange(start, start + length, device=tokens.device)
         x = padded[tokens] * math.sqrt(self.cfg.dim) + self.pos(pos)[None] + self.gap(gaps)
@@ -166,6 +178,7 @@ class SeqRec(nn.Module):
         gaps: torch.Tensor,
         table: torch.Tensor | None = None,
         start: int = 0,
+        padded: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, dim): the state after each sequence's last (right-most) item.
 
@@ -174,8 +187,9 @@ class SeqRec(nn.Module):
         the last one for the final position alone, which is most of the work
         of that layer saved. ``start``: the window position of the first
         column, when leading columns that are padding in every row were cut.
+        ``padded``: the cached padded table (see :meth:`_inputs`).
         """
-        x, mask = self._inputs(tokens, gaps, table, start)
+        x, mask = self._inputs(tokens, gaps, table, start, padded)
         layers = self.blocks.layers
         for layer in layers[:-1]:
             x = layer(x, src_mask=mask)
@@ -343,6 +357,7 @@ class SequenceModel:
         self.model.to(self.device).eval()
         with torch.no_grad():
             self._table = self.model.item_table()
+            self._padded = self.model.padded(self._table)
         self.version = str(config.get("version", self.path.name))
 
     @property
@@ -377,7 +392,8 @@ class SequenceModel:
         tokens = torch.as_tensor(tokens_np[:, start:], device=self.device)
         gaps = torch.as_tensor(np.stack([w[1] for w in windows])[:, start:], device=self.device)
         with _autocast(self.device):
-            logits = (self.model.user(tokens, gaps, self._table, start) @ self._table.T).float()
+            user = self.model.user(tokens, gaps, self._table, start, self._padded)
+            logits = (user @ self._table.T).float()
         return torch.log_softmax(logits, dim=1).cpu().numpy()
 
 
