@@ -516,6 +516,29 @@ def worker(
     w.run()
 
 
+def _ui_host(command: str) -> typer.models.OptionInfo:
+    help = "Address the page binds to (another than 127.0.0.1 exposes it)"
+    return _opt("host", help, command=command)
+
+
+def _ui_port(command: str) -> typer.models.OptionInfo:
+    return _opt("port", "Port of the page (0 = a free one)", command=command, min=0, max=65535)
+
+
+def _check_can_serve(host: str, port: int) -> None:
+    """Bad usage now, not after the pipeline started: the page's address is taken or
+    is none of this machine's."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise click.UsageError(
+            f"cannot serve the page on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+
+
 class DemoRanker(str, Enum):
     fusion = "fusion"
     two_tower = "two-tower"
@@ -549,12 +572,26 @@ def demo(
             help="fusion (trained on first use by `streamrec train`, then cached) | two-tower",
         ),
     ] = DemoRanker.fusion,
+    with_ui: Annotated[
+        bool,
+        _opt(
+            "ui",
+            "Serve the live page (`streamrec ui`) from the start; after the report it "
+            "keeps serving, with the pipeline running, until Ctrl-C",
+            command="demo",
+        ),
+    ] = False,
+    host: Annotated[str, _ui_host("demo")] = "127.0.0.1",
+    port: Annotated[int, _ui_port("demo")] = 8700,
 ) -> None:
     """Everything embedded: broker, dataflow, worker, replay, live progress, report.
 
     Serves the fusion ranker: without --sequence-model, the model `streamrec
     train` makes for the data (a few minutes on first use, cached after).
+    With --ui, also the live page, until Ctrl-C.
     """
+    if with_ui:
+        _check_can_serve(host, port)
     _passive_omp()  # inherited by the dataflow and worker children
     from streamrec.demo import run_demo
 
@@ -574,7 +611,62 @@ def demo(
             s = s.model_copy(update={"sequence_model": train(s, log=typer.echo)})
         except TooLittleData as exc:
             typer.echo(f"streamrec: {exc}: serving the two-tower ranker", err=True)
-    run_demo(s, events=events, rate=rate)
+    run_demo(s, events=events, rate=rate, ui=(host, port) if with_ui else None)
+
+
+@app.command()
+def ui(
+    brokers: Brokers = "",
+    topic_prefix: TopicPrefix = "",
+    catalog: CatalogDir = None,
+    metrics_port: MetricsPort = _d("metrics_port"),
+    worker_metrics_port: Annotated[
+        int | None,
+        _opt(
+            "worker-metrics-port",
+            "The worker's /metrics port (default: --metrics-port + 100; 0 = none)",
+            command="ui",
+            min=0,
+        ),
+    ] = None,
+    host: Annotated[str, _ui_host("ui")] = "127.0.0.1",
+    port: Annotated[int, _ui_port("ui")] = 8700,
+) -> None:
+    """A live page on a running pipeline: be a shopper, watch the stream, until Ctrl-C.
+
+    Reads the public topics and the processes' /metrics on 127.0.0.1; produces
+    the page's clicks, carts and purchases on `events`. With --catalog, items
+    have titles and lists their ILD.
+    """
+    s = _settings(brokers=brokers, topic_prefix=topic_prefix, catalog=catalog)
+    if not s.brokers:
+        raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
+    if worker_metrics_port is None:
+        worker_metrics_port = metrics_port + WORKER_METRICS_OFFSET if metrics_port else 0
+    _check_can_serve(host, port)
+    from streams.contracts import Topics
+    from streams.kafka import wait_until_ready
+
+    wait_until_ready(s.brokers)
+    from streamrec.ui import ItemBook, UiServer, serve_until_interrupted
+
+    if s.catalog is None:
+        typer.echo(
+            "streamrec: warning: no --catalog: items shown by id, lists without ILD", err=True
+        )
+    book = ItemBook.from_catalog(s.catalog) if s.catalog is not None else ItemBook()
+    server = UiServer(
+        s.brokers,
+        Topics(s.topic_prefix),
+        book,
+        host=host,
+        port=port,
+        dataflow_metrics_port=metrics_port,
+        worker_metrics_port=worker_metrics_port,
+    )
+    with server:
+        typer.echo(f"streamrec ui: {server.url} (Ctrl-C to stop)")
+        serve_until_interrupted()
 
 
 @app.command("train")

@@ -8,6 +8,9 @@
    ``rank-requests``, ``recommendations`` and ``events.dlq`` live;
 6. print the report: counts, latency percentiles, throughput, two example lists.
 
+With ``ui``, the live page (:mod:`streamrec.ui`) is served from step 4 on, during
+the replay, and after the report the pipeline keeps running for it until Ctrl-C.
+
 Every child is stopped on the way out, also on Ctrl-C or an error.
 """
 
@@ -19,6 +22,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +57,9 @@ class DemoReport:
     bad_in: int = 0
     dlq: int = 0
     rank_requests: int = 0
+    # Events that asked for no list: a newer event of the same user came in the
+    # same dataflow input batch (latest wins; streamrec_superseded_triggers_total).
+    superseded: int = 0
     recommendations: int = 0
     duplicates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
@@ -96,8 +103,13 @@ def run_demo(
     console: Console | None = None,
     log_dir: Path | None = None,
     idle_timeout_s: float = 60.0,
+    ui: tuple[str, int] | None = None,
 ) -> DemoReport:
-    """Run the embedded stack on a slice of ``settings.data`` and print a report."""
+    """Run the embedded stack on a slice of ``settings.data`` and print a report.
+
+    ``ui`` = (host, port): also serve the live page, and after the report keep
+    the pipeline running for it until Ctrl-C (or SIGTERM).
+    """
     from model.encoder import Encoder
     from model.index import build_catalog
 
@@ -122,6 +134,7 @@ def run_demo(
     with (
         EmbeddedBroker(partitions=settings.partitions, topics=topics) as broker,
         ProcessGroup(log_dir) as procs,
+        ExitStack() as page,
     ):
         console.print(f"[bold]broker[/] 127.0.0.1 embedded Tansu at {broker.bootstrap}")
         s = settings.model_copy(update={"brokers": broker.bootstrap, "catalog": path})
@@ -145,14 +158,40 @@ def run_demo(
             f"[bold]up[/] in {report.startup_s:.1f}s (metrics: dataflow :{s.metrics_port}, "
             f"worker :{worker_port}; logs: {log_dir})"
         )
+        if ui is not None:
+            from streamrec.ui import ItemBook, UiServer
+
+            server = UiServer(
+                broker.bootstrap,
+                topics,
+                ItemBook.from_catalog(path),
+                host=ui[0],
+                port=ui[1],
+                dataflow_metrics_port=s.metrics_port,
+                worker_metrics_port=worker_port,
+            )
+            page.enter_context(server)
+            console.print(f"[bold]live page[/] {server.url}")
         _replay_and_follow(
             s, dataset, events, rate, topics, follower, procs, report, console, idle_timeout_s
         )
         follower.close()
         if worker_port:
             report.ild, report.ild_relevance = _worker_ild(worker_port)
-    report.ranker = "fusion" if any("+seq:" in v for v in report.model_versions) else "two-tower"
-    _print_report(report, dataset, console)
+        report.ranker = (
+            "fusion" if any("+seq:" in v for v in report.model_versions) else "two-tower"
+        )
+        if ui is not None:
+            from streamrec.ui import serve_until_interrupted
+
+            _print_report(report, dataset, console)
+            console.print(
+                f"[bold]live page[/] {server.url}: the pipeline keeps running for it; "
+                "Ctrl-C to stop"
+            )
+            serve_until_interrupted(procs.check)
+    if ui is None:
+        _print_report(report, dataset, console)
     return report
 
 
@@ -188,6 +227,7 @@ def _replay_and_follow(
     seen_recs: set[str] = set()
     rr_last = rec_first = rec_last = 0.0
     last_progress = time.monotonic()
+    next_scrape = 0.0
     columns = (
         TextColumn("{task.description:<16}"),
         BarColumn(),
@@ -229,11 +269,20 @@ def _replay_and_follow(
                     rec_first = rec_first or ts
                     rec_last = max(rec_last, ts)
                     bar.update(t_rec, advance=1)
-            done = stats and min(report.recommendations, report.rank_requests) >= stats[0].events
+            behind = stats and report.rank_requests + report.superseded < stats[0].events
+            if behind and time.monotonic() >= next_scrape:  # what the dataflow left out
+                report.superseded = _superseded(s.metrics_port)
+                next_scrape = time.monotonic() + 1.0
+            asked = report.rank_requests + report.superseded
+            done = (
+                stats
+                and asked >= stats[0].events
+                and report.recommendations >= report.rank_requests
+            )
             # Every request is out but some lists never come: the worker skipped a
             # user's older requests for a newer one (latest wins). A short quiet
             # spell then ends the run instead of the whole idle timeout.
-            requested = stats and report.rank_requests >= stats[0].events
+            requested = stats and asked >= stats[0].events
             idle = time.monotonic() - last_progress
             if done or idle > idle_timeout_s or (requested and idle > _SETTLE_S):
                 break
@@ -248,6 +297,12 @@ def _replay_and_follow(
         report.worker_rps = report.recommendations / (rec_last - t0)
 
 
+def _superseded(port: int) -> int:
+    """The dataflow's ``streamrec_superseded_triggers_total`` (0 without metrics)."""
+    text = scrape_metrics(port, timeout_s=1) if port else None
+    return round(metric_sum(text, "streamrec_superseded_triggers_total")) if text else 0
+
+
 def _worker_ild(port: int) -> tuple[float | None, float | None]:
     """The worker's ``streamrec_list_ild`` and ``streamrec_list_ild_relevance`` gauges."""
     text = scrape_metrics(port, timeout_s=3)
@@ -260,33 +315,11 @@ def _titles(dataset: Dataset, items: list[str]) -> list[str]:
     return [dataset.items[i].title if i in dataset.items else i for i in items]
 
 
-# How each candidate source reads in the example lists (model/reasons.py): with
-# the user's item behind it, and without one.
-_BECAUSE_TEXT = {"covis": "bought with {}", "seq": "next after {}", "retrieval": "like {}"}
-_SOURCE_TEXT = {
-    "repeat": "you bought it before",
-    "covis": "bought with your items",
-    "seq": "what comes next",
-    "retrieval": "matches your taste",
-    "popular": "popular",
-    "trending": "trending",
-}
+def _reason_text(dataset: Dataset, reason: dict | None) -> str:
+    """A list item's ``reason`` in the page's words (:func:`streamrec.ui.reason_text`)."""
+    from streamrec.ui import reason_text
 
-
-def _reason_text(dataset: Dataset, reason: dict | None, width: int = 28) -> str:
-    """A list item's ``reason`` as a few words: its source, the user's item behind
-    it, and the two features that added most (``(seq, covis)``)."""
-    if not reason:
-        return ""
-    source, because = str(reason.get("source")), reason.get("because")
-    if because and source in _BECAUSE_TEXT:
-        title = _titles(dataset, [because])[0]
-        title = title if len(title) <= width else title[: width - 1] + "…"
-        text = _BECAUSE_TEXT[source].format(title)
-    else:
-        text = _SOURCE_TEXT.get(source, source)
-    top = [str(name) for name in list(reason.get("top") or {})[:2]]
-    text = f"{text} ({', '.join(top)})" if top else text
+    text = reason_text(reason, lambda item: _titles(dataset, [item])[0])
     return escape(text)  # a title may hold [brackets] rich would read as markup
 
 
@@ -301,7 +334,15 @@ def _print_report(report: DemoReport, dataset: Dataset, console: Console) -> Non
         ),
         ("events in", f"{report.events_in} (+{report.bad_in} bad records)"),
         ("dead letters", str(report.dlq)),
-        ("rank requests", str(report.rank_requests)),
+        (
+            "rank requests",
+            f"{report.rank_requests}"
+            + (
+                f" ({report.superseded} events superseded by a newer one of the user)"
+                if report.superseded
+                else ""
+            ),
+        ),
         (
             "recommendations out",
             f"{report.recommendations} (duplicates dropped: {report.duplicates})",
