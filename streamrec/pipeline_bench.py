@@ -105,6 +105,7 @@ SECTIONS: tuple[str, ...] = (
 #: ``--skip worker`` skips both worker sections.
 _ALIASES = {"worker": ("worker-two-tower", "worker-fusion")}
 _SKIPPED_METRIC = "streamrec_worker_skipped_requests_total"
+_SUPERSEDED_METRIC = "streamrec_superseded_triggers_total"
 # The worker section's retrieval size and list length (fixed so runs compare).
 _WORKER_CANDIDATES = 200
 _WORKER_K = 10
@@ -331,9 +332,10 @@ def _timing(m: Message) -> dict | None:
     return None
 
 
-def _skipped(port: int) -> float:
+def _counter(port: int, metric: str = _SKIPPED_METRIC) -> float:
+    """A counter of a child's ``/metrics`` (the worker's skipped requests by default)."""
     text = scrape_metrics(port)
-    return metric_sum(text, _SKIPPED_METRIC) if text is not None else 0.0
+    return metric_sum(text, metric) if text is not None else 0.0
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -540,6 +542,7 @@ class _Pipeline:
     procs: ProcessGroup
     follower: TopicFollower
     worker_port: int
+    dataflow_port: int
     startup_s: float
     next_event: int = 0  # the first dataset event not yet replayed onto it
 
@@ -711,7 +714,10 @@ class _Bench:
         topics = self._preloaded("dataflow-trigger", n)
         with ProcessGroup(self.log_dir / "dataflow-trigger") as procs:
             started = time.time()
-            procs.start("dataflow", streamrec_cmd("dataflow"), self._env(topics, free_port()))
+            # Every event asks for a list: no latest-wins coalescing of a user's
+            # events within an input batch (the section measures the full path).
+            env = self._env(topics, free_port(), latest_wins=False)
+            procs.start("dataflow", streamrec_cmd("dataflow"), env)
             span = self._await_rank_requests(topics, n, procs)
         return {
             "events": n,
@@ -808,10 +814,10 @@ class _Bench:
                     span.add(json.loads(m.value())["rec_id"], _kafka_ts(m))
                     last_progress = time.monotonic()
                 if time.monotonic() >= next_scrape:
-                    skipped, next_scrape = _skipped(port), time.monotonic() + 1.0
+                    skipped, next_scrape = _counter(port), time.monotonic() + 1.0
         finally:
             follower.close()
-        return span, _skipped(port)
+        return span, _counter(port)
 
     # -- 5, 6. the whole pipeline --
 
@@ -832,13 +838,15 @@ class _Bench:
         started = time.perf_counter()
         topics = self._topics("pipeline")
         procs = self._stack.enter_context(ProcessGroup(self.log_dir / "pipeline"))
-        procs.start("dataflow", streamrec_cmd("dataflow"), self._env(topics, free_port()))
-        worker_port = free_port()
+        dataflow_port, worker_port = free_port(), free_port()
+        procs.start("dataflow", streamrec_cmd("dataflow"), self._env(topics, dataflow_port))
         procs.start("worker", streamrec_cmd("worker"), self._env(topics, worker_port))
         follower = TopicFollower(self.brokers, [topics.rank_requests, topics.recommendations])
         self._stack.callback(follower.close)
         _wait_for_warmup(self.brokers, topics, follower, procs, timeout_s=300)
-        return _Pipeline(topics, procs, follower, worker_port, time.perf_counter() - started)
+        return _Pipeline(
+            topics, procs, follower, worker_port, dataflow_port, time.perf_counter() - started
+        )
 
     def _latency(self) -> dict:
         """A steady replay at --rate: event -> list percentiles and the breakdown."""
@@ -869,8 +877,12 @@ class _Bench:
         thread.start()
         rank: dict[str, tuple[float, float]] = {}
         lists: dict[str, tuple[float, dict | None]] = {}
-        skipped, next_scrape, last_progress = 0.0, 0.0, time.monotonic()
-        while not (stats and len(rank) >= n and len(lists) + skipped >= n):
+        skipped, superseded, next_scrape, last_progress = 0.0, 0.0, 0.0, time.monotonic()
+        # Latest wins: an event whose user's newer event came in the same dataflow
+        # input batch asks for no list (superseded), one the worker skipped gets none.
+        while not (
+            stats and len(rank) + superseded >= n and len(lists) + skipped >= n - superseded
+        ):
             pipe.procs.check()
             if errors:
                 raise errors[0]
@@ -890,7 +902,9 @@ class _Bench:
                     trigger = "evt:" + value["trigger_event_id"]
                     lists.setdefault(trigger, (value["latency_ms"], _timing(m)))
             if time.monotonic() >= next_scrape:
-                skipped, next_scrape = _skipped(pipe.worker_port), time.monotonic() + 1.0
+                skipped = _counter(pipe.worker_port)
+                superseded = _counter(pipe.dataflow_port, _SUPERSEDED_METRIC)
+                next_scrape = time.monotonic() + 1.0
         thread.join()
         figures: dict = {"pipeline_startup_s": _round(pipe.startup_s)} if fresh else {}
         figures.update(
@@ -898,6 +912,7 @@ class _Bench:
             rate=o.rate,
             achieved_rate=_round(stats[0].rate),
             rank_requests=len(rank),
+            superseded=round(superseded),
             lists=len(lists),
             skipped=round(skipped),
             with_timing_header=sum(1 for _, timing in lists.values() if timing is not None),
@@ -939,8 +954,13 @@ class _Bench:
                 samples.append(
                     {
                         "t_s": round(now, 2),
-                        "lag": tally.lag(_skipped(pipe.worker_port)),
-                        "dataflow_lag": sender.produced - len(tally.rank_ids),
+                        "lag": tally.lag(_counter(pipe.worker_port)),
+                        "dataflow_lag": max(
+                            0,
+                            sender.produced
+                            - len(tally.rank_ids)
+                            - round(_counter(pipe.dataflow_port, _SUPERSEDED_METRIC)),
+                        ),
                         **{f"rss_{k}_mib": _tree_rss_mib(pid) for k, pid in pids.items()},
                     }
                 )

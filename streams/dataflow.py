@@ -17,7 +17,9 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
                     sequence and counts, open lists; an event is attributed to
                     the list it came from and emits its co-visit and hit records
                     (streams.signals); each trigger gets an experiment variant,
-                    a segment and candidates -> RankRequest; closed lists -> ListReward
+                    a segment and candidates -> RankRequest (with ``latest_wins``,
+                    of a user's events in one input batch only the newest asks for
+                    a list); closed lists -> ListReward
 ``outputs``         flatten the step's outputs
 ``split-rewards``   ListRewards go to the bandit and the fusion learner
 ``split-signals``   of the rest, co-visit and hit records go to the item signals,
@@ -224,8 +226,10 @@ class UserStep:
         return state, next((o for o in outputs if isinstance(o, RankRequest)), None)
 
     def apply(
-        self, state: UserState | None, item: Trigger | Shown | ForgetRequest
+        self, state: UserState | None, item: Trigger | Shown | ForgetRequest, trigger: bool = True
     ) -> tuple[UserState | None, list]:
+        """``trigger=False``: an event updates the state and emits its records but
+        asks for no list (a newer event of the user is already here: latest wins)."""
         if isinstance(item, ForgetRequest):
             # None discards the key: Bytewax snapshots the deletion, so a dataflow
             # restarted from recovery does not bring the user back.
@@ -264,6 +268,9 @@ class UserStep:
             outputs += outcomes + lost + closed
             outputs += records(state.sequence, msg.item_id, msg.ts, self.settings.covis_window)
             if not self.settings.trigger_on_events:
+                return state, outputs
+            if not trigger:
+                metrics.SUPERSEDED_TRIGGERS.inc()
                 return state, outputs
             request_id, explicit, k, trigger_id = f"evt:{msg.event_id}", None, None, msg.event_id
             clock = msg.ts
@@ -404,8 +411,13 @@ class _UserLogic(StatefulBatchLogic):
 
     def on_batch(self, values: list) -> tuple[list[list], bool]:
         out = []
-        for value in values:
-            self.state, outputs = self.step.apply(self.state, value)
+        last = _last_event(values) if self.step.settings.latest_wins else None
+        for i, value in enumerate(values):
+            # Latest wins: of the user's events in this batch only the newest asks
+            # for a list (the worker would skip the older ones anyway, after paying
+            # for their requests); explicit requests are always answered.
+            trigger = last is None or i >= last or not _is_event(value)
+            self.state, outputs = self.step.apply(self.state, value, trigger)
             out.append(outputs)
         self.touched = _now()
         return out, StatefulBatchLogic.DISCARD if self.state is None else StatefulBatchLogic.RETAIN
@@ -424,6 +436,18 @@ class _UserLogic(StatefulBatchLogic):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _is_event(value: object) -> bool:
+    return isinstance(value, Trigger) and isinstance(value.message, Event)
+
+
+def _last_event(values: list) -> int | None:
+    """The index of the last event (not an explicit request) among ``values``."""
+    for i in range(len(values) - 1, -1, -1):
+        if _is_event(values[i]):
+            return i
+    return None
 
 
 class _SignalsLogic(StatefulBatchLogic):

@@ -28,6 +28,7 @@ __all__ = [
     "UNATTRIBUTED",
     "EVENT_TRIGGERS",
     "REQUEST_TRIGGERS",
+    "SUPERSEDED_TRIGGERS",
     "serve",
     "init_labels",
 ]
@@ -67,6 +68,11 @@ UNKNOWN_ITEMS = Counter(
 )
 RANK_REQUESTS = Counter(
     "streamrec_rank_requests_total", "Rank requests sent to the worker, by trigger", ["trigger"]
+)
+SUPERSEDED_TRIGGERS = Counter(
+    "streamrec_superseded_triggers_total",
+    "Events that asked for no list because a newer event of the same user came in the "
+    "same input batch (latest wins; the state still applies every event)",
 )
 
 # The per-event counters, one child per label value made once: ``labels()`` costs

@@ -163,8 +163,9 @@ class Settings(BaseSettings):
     latest_wins: bool = Field(
         True,
         description="of one user's event-triggered requests waiting together, rank only the "
-        "newest (counted in streamrec_worker_skipped_requests_total); explicit requests are "
-        "always answered",
+        "newest (counted in streamrec_worker_skipped_requests_total), and of one user's events "
+        "in one dataflow input batch only the newest asks for a list (counted in "
+        "streamrec_superseded_triggers_total); explicit requests are always answered",
     )
     reasons: bool = Field(
         True,

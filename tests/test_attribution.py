@@ -380,3 +380,40 @@ def test_early_events_are_bounded() -> None:
     for i in range(10):
         attribute(deque(), _event(f"e{i}", "a", float(i), rec_id=f"r{i}"), cfg, early)
     assert [e.event_id for e in early] == ["e7", "e8", "e9"]
+
+
+# --- latest wins inside one input batch ---
+
+
+def _requests(outputs: list[list]) -> list[str]:
+    return [o.request_id for out in outputs for o in out if isinstance(o, RankRequest)]
+
+
+def test_of_a_users_events_in_one_batch_only_the_newest_asks_for_a_list(step) -> None:
+    """The state applies every event; only the last event of the batch triggers a
+    request, and explicit requests are always answered, with the state they saw."""
+    from streams import metrics
+    from streams.contracts import RecommendationRequest
+    from streams.dataflow import _UserLogic
+
+    ask = Trigger(RecommendationRequest(request_id="ask-1", user_id="u1", k=3), arrival_ts=2.5)
+    batch = [_trigger("e1", "a", 1.0), _trigger("e2", "b", 2.0), ask, _trigger("e3", "c", 3.0)]
+    before = metrics.SUPERSEDED_TRIGGERS._value.get()
+    logic = _UserLogic(step, 0.0, None)
+    outputs, _ = logic.on_batch(batch)
+    assert _requests(outputs) == ["ask-1", "evt:e3"]
+    asked = next(o for o in outputs[2] if isinstance(o, RankRequest))
+    assert asked.sequence == ["a", "b"]
+    assert [i for i, _ in logic.state.sequence] == ["a", "b", "c"]
+    # The co-visit and hit records of every event still go to the item signals.
+    assert any(isinstance(o, (CoVisit, Hit)) for o in outputs[1])
+    assert metrics.SUPERSEDED_TRIGGERS._value.get() - before == 2
+
+
+def test_without_latest_wins_every_event_asks_for_a_list(step) -> None:
+    from streams.dataflow import _UserLogic
+
+    step.settings = step.settings.model_copy(update={"latest_wins": False})
+    logic = _UserLogic(step, 0.0, None)
+    outputs, _ = logic.on_batch([_trigger("e1", "a", 1.0), _trigger("e2", "b", 2.0)])
+    assert _requests(outputs) == ["evt:e1", "evt:e2"]
