@@ -126,6 +126,8 @@ _LOOKAHEAD = 4
 _ANSWERED_KEPT = 100_000
 _SEED_PER_PARTITION = 20_000
 _SEED_BUDGET_S = 5.0
+# The per-list gauges (ILD, coverage, exposure) cover this many of the latest lists.
+_RECENT_LISTS = 1000
 # How long an idle worker waits for a request before it checks whether to stop.
 _IDLE_POLL_S = 0.2
 
@@ -265,8 +267,10 @@ class Worker:
         self._attach(self.ranker)
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._catalog = self.ranker.catalog
-        self._recent_lists: deque[list[int]] = deque(maxlen=1000)
-        self._recent_ild: deque[float] = deque(maxlen=1000)
+        # ILD@k of the last 1000 lists, and their sum (a mean per list in O(1)).
+        self._recent_ild: deque[float] = deque()
+        self._ild_sum = 0.0
+        self._observed = 0
         # Exposure of the last 1000 lists (built on the first list: the catalog's
         # long-tail flags and categories); a new model's catalog starts a new one.
         self._exposure: RollingExposure | None = None
@@ -320,8 +324,8 @@ class Worker:
             return
         self._attach(new)
         old, self.ranker, self._catalog = self.ranker, new, new.catalog
-        self._recent_lists.clear()
         self._recent_ild.clear()
+        self._ild_sum = 0.0
         self._exposure = None
         metrics.MODEL_RELOADS.inc()
         metrics.MODEL_INFO.remove(old.model_version, self._device(old))
@@ -491,16 +495,23 @@ class Worker:
             labels.segment(rec.policy.get("segment")), labels.arm(rec.policy.get("arm"))
         ).inc()
         rows = [self._catalog.row[x.item_id] for x in rec.items if x.item_id in self._catalog.row]
-        self._recent_lists.append(rows)
-        self._recent_ild.append(intra_list_diversity(self._catalog.vectors[rows]))
-        metrics.LIST_ILD.set(float(np.mean(self._recent_ild)))
+        ild = intra_list_diversity(self._catalog.vectors[rows])
+        self._recent_ild.append(ild)
+        self._ild_sum += ild
+        if len(self._recent_ild) > _RECENT_LISTS:
+            self._ild_sum -= self._recent_ild.popleft()
+        self._observed += 1
+        if self._observed % (10 * _RECENT_LISTS) == 0:  # float drift of the running sum
+            self._ild_sum = float(sum(self._recent_ild))
+        metrics.LIST_ILD.set(self._ild_sum / len(self._recent_ild))
         if self.ranker.relevance_ild:
             metrics.LIST_ILD_RELEVANCE.set(float(np.mean(self.ranker.relevance_ild)))
-        distinct = {r for lst in self._recent_lists for r in lst}
-        metrics.CATALOG_COVERAGE.set(len(distinct) / max(1, len(self._catalog)))
         if self._exposure is None:
-            self._exposure = RollingExposure(self._catalog.long_tail, self._catalog.categories)
+            self._exposure = RollingExposure(
+                self._catalog.long_tail, self._catalog.categories, _RECENT_LISTS
+            )
         self._exposure.add(rows)
+        metrics.CATALOG_COVERAGE.set(self._exposure.distinct_items / max(1, len(self._catalog)))
         metrics.LIST_LONG_TAIL_SHARE.set(self._exposure.long_tail_share)
         metrics.EXPOSURE_GINI.set(self._exposure.category_gini)
 

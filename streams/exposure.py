@@ -98,6 +98,8 @@ class RollingExposure:
     0.0
     >>> roll.category_gini  # all exposure on "a", none on "b"
     0.5
+    >>> roll.distinct_items  # row 1 is the only one the window still shows
+    1
     """
 
     def __init__(
@@ -113,6 +115,10 @@ class RollingExposure:
         # -1 = unknown category: counted in the totals, never in the Gini.
         self._kind = np.array([index.get(c, -1) if c is not None else -1 for c in cats], np.int64)
         self._by_kind = np.zeros(len(kinds), dtype=np.float64)
+        # Lists per catalog row in the window, and how many rows have any: the
+        # catalog coverage without a set over every list of the window per list.
+        self._shown = np.zeros(len(self.long_tail), dtype=np.int64)
+        self.distinct_items = 0
         self._lists: deque[tuple[np.ndarray, np.ndarray]] = deque()
         self.window = window
         self._total = 0.0
@@ -128,6 +134,11 @@ class RollingExposure:
         kinds = self._kind[rows]
         known = kinds >= 0
         np.add.at(self._by_kind, kinds[known], sign * weights[known])
+        distinct = np.unique(rows)
+        before = self._shown[distinct] > 0
+        np.add.at(self._shown, rows, int(sign))
+        after = self._shown[distinct] > 0
+        self.distinct_items += int(after.sum()) - int(before.sum())
 
     def add(self, rows: Sequence[int] | np.ndarray) -> None:
         """One list's catalog rows, in list order (rank 1 first)."""
@@ -149,6 +160,8 @@ class RollingExposure:
     def clear(self) -> None:
         self._lists.clear()
         self._by_kind[:] = 0.0
+        self._shown[:] = 0
+        self.distinct_items = 0
         self._total = self._tail = 0.0
 
     @property

@@ -107,3 +107,18 @@ def test_the_catalog_flags_its_long_tail_by_popularity() -> None:
 )
 def test_doctests(module) -> None:
     assert doctest.testmod(module).failed == 0
+
+
+def test_rolling_distinct_items_is_the_windows_set_of_rows() -> None:
+    """The worker's catalog-coverage gauge: distinct rows over the window's lists,
+    kept incrementally (against the set rebuilt from the window each time)."""
+    from collections import deque
+
+    rng = np.random.default_rng(4)
+    roll = RollingExposure(rng.random(50) < 0.5, None, window=30)
+    window: deque[list[int]] = deque(maxlen=30)
+    for _ in range(700):  # past the periodic rebuild (every 10 windows)
+        rows = rng.choice(50, size=int(rng.integers(1, 11)), replace=False).tolist()
+        roll.add(rows)
+        window.append(rows)
+        assert roll.distinct_items == len({r for lst in window for r in lst})
