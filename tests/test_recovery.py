@@ -133,6 +133,9 @@ def _run(tmp_path, broker, catalog_path, kill_after_step: int | None) -> dict:
             topic_prefix=topics.prefix,
             experiments=config,
             metrics_port=0,
+            # The test counts rank requests to know what the dataflow applied: every
+            # event asks for one (latest wins would coalesce a user's events).
+            latest_wins=False,
         )
     )
     cmd = streamrec_cmd("dataflow", "-r", str(recovery), "-s", "1", "-b", "0")

@@ -357,6 +357,9 @@ def _pipeline_rows(tmp_path, broker, catalog_path, events, expected, kill_at: in
         catalog=catalog_path,
         topic_prefix=topics.prefix,
         metrics_port=0,
+        # Every event asks for a list: the test counts the rank requests to know
+        # what the dataflow applied (latest wins would coalesce a user's events).
+        latest_wins=False,
         **_SIGNAL_SETTINGS,
     )
     recovery = tmp_path / f"recovery-{topics.prefix}"
