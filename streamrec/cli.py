@@ -23,7 +23,7 @@ import click
 import typer
 from pydantic import ValidationError
 
-from streams.settings import Settings
+from streams.settings import Settings, worker_metrics_port
 
 try:  # recent typer parses with its own copy of click, whose errors are not click's
     from typer._click.exceptions import UsageError as _TyperUsageError
@@ -140,18 +140,10 @@ def _iso_date(value: str | None) -> str | None:
     return value
 
 
-#: The worker's metrics port is the setting's (the dataflow's) plus this.
-WORKER_METRICS_OFFSET = 100
-
-
 def _worker_metrics_port(port: int | None) -> int:
     """The worker's metrics port: its own (--metrics-port, STREAMREC_WORKER_METRICS_PORT),
-    else STREAMREC_METRICS_PORT + 100, so one export never makes the dataflow and
-    the worker bind one port; 0 (off) stays 0."""
-    if port is not None:
-        return port
-    base = _settings().metrics_port
-    return base + WORKER_METRICS_OFFSET if base else 0
+    else STREAMREC_METRICS_PORT + 100 (:func:`streamrec.processes.worker_metrics_port`)."""
+    return port if port is not None else worker_metrics_port(_settings().metrics_port)
 
 
 @app.command()
@@ -620,7 +612,7 @@ def ui(
     topic_prefix: TopicPrefix = "",
     catalog: CatalogDir = None,
     metrics_port: MetricsPort = _d("metrics_port"),
-    worker_metrics_port: Annotated[
+    worker_port: Annotated[
         int | None,
         _opt(
             "worker-metrics-port",
@@ -641,8 +633,8 @@ def ui(
     s = _settings(brokers=brokers, topic_prefix=topic_prefix, catalog=catalog)
     if not s.brokers:
         raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
-    if worker_metrics_port is None:
-        worker_metrics_port = metrics_port + WORKER_METRICS_OFFSET if metrics_port else 0
+    if worker_port is None:
+        worker_port = worker_metrics_port(metrics_port)
     _check_can_serve(host, port)
     from streams.contracts import Topics
     from streams.kafka import wait_until_ready
@@ -662,7 +654,7 @@ def ui(
         host=host,
         port=port,
         dataflow_metrics_port=metrics_port,
-        worker_metrics_port=worker_metrics_port,
+        worker_metrics_port=worker_port,
     )
     with server:
         typer.echo(f"streamrec ui: {server.url} (Ctrl-C to stop)")

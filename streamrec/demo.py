@@ -38,7 +38,7 @@ from streams.contracts import RecommendationRequest, Topics
 from streams.datasets import Dataset, load_dataset
 from streams.kafka import TopicFollower, producer
 from streams.replay import ReplayStats, replay
-from streams.settings import Settings
+from streams.settings import Settings, worker_metrics_port
 
 __all__ = ["run_demo", "DemoReport"]
 
@@ -142,7 +142,7 @@ def run_demo(
 
         env = settings_env(s)
         procs.start("dataflow", streamrec_cmd("dataflow"), env)
-        worker_port = s.metrics_port + 100 if s.metrics_port else 0
+        worker_port = worker_metrics_port(s.metrics_port)
         procs.start(
             "worker",
             streamrec_cmd("worker"),

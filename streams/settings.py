@@ -16,7 +16,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams import sample_data
 
-__all__ = ["Settings", "DEFAULT_EVENT_WEIGHTS", "SHARED_DATA", "default_data_dir"]
+__all__ = [
+    "Settings",
+    "DEFAULT_EVENT_WEIGHTS",
+    "SHARED_DATA",
+    "default_data_dir",
+    "WORKER_METRICS_OFFSET",
+    "worker_metrics_port",
+]
 
 #: How much one event of each type pulls the user embedding towards the item.
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
@@ -30,6 +37,21 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 
 #: The shared data folder beside the checkout (``../shared/data``); it need not exist.
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+#: The worker's metrics port is the dataflow's (``metrics_port``) plus this,
+#: unless it is given its own (``STREAMREC_WORKER_METRICS_PORT``).
+WORKER_METRICS_OFFSET = 100
+
+
+def worker_metrics_port(dataflow_port: int) -> int:
+    """The worker's default /metrics port beside a dataflow on ``dataflow_port``:
+    that + 100, so one setting never makes both bind one port; 0 (off) stays 0.
+
+    >>> worker_metrics_port(9100), worker_metrics_port(0)
+    (9200, 0)
+    """
+    return dataflow_port + WORKER_METRICS_OFFSET if dataflow_port else 0
 
 
 def default_data_dir() -> Path:

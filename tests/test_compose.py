@@ -18,9 +18,9 @@ import pytest
 import typer
 import yaml
 
-from streamrec.cli import WORKER_METRICS_OFFSET, app
+from streamrec.cli import app
 from streams.contracts import Topics
-from streams.settings import Settings
+from streams.settings import WORKER_METRICS_OFFSET, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
