@@ -142,7 +142,7 @@ def _iso_date(value: str | None) -> str | None:
 
 def _worker_metrics_port(port: int | None) -> int:
     """The worker's metrics port: its own (--metrics-port, STREAMREC_WORKER_METRICS_PORT),
-    else STREAMREC_METRICS_PORT + 100 (:func:`streamrec.processes.worker_metrics_port`)."""
+    else STREAMREC_METRICS_PORT + 100 (:func:`streams.settings.worker_metrics_port`)."""
     return port if port is not None else worker_metrics_port(_settings().metrics_port)
 
 
