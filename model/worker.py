@@ -269,10 +269,7 @@ class Worker:
         self._attach(self.ranker)
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._catalog = self.ranker.catalog
-        # ILD@k of the last 1000 lists, and their sum (a mean per list in O(1)).
-        self._recent_ild: deque[float] = deque()
-        self._ild_sum = 0.0
-        self._observed = 0
+        self._recent_ild: deque[float] = deque(maxlen=_RECENT_LISTS)
         # Exposure of the last 1000 lists (built on the first list: the catalog's
         # long-tail flags and categories); a new model's catalog starts a new one.
         self._exposure: RollingExposure | None = None
@@ -327,7 +324,6 @@ class Worker:
         self._attach(new)
         old, self.ranker, self._catalog = self.ranker, new, new.catalog
         self._recent_ild.clear()
-        self._ild_sum = 0.0
         self._exposure = None
         metrics.MODEL_RELOADS.inc()
         metrics.MODEL_INFO.remove(old.model_version, self._device(old))
@@ -497,15 +493,8 @@ class Worker:
             labels.segment(rec.policy.get("segment")), labels.arm(rec.policy.get("arm"))
         ).inc()
         rows = [self._catalog.row[x.item_id] for x in rec.items if x.item_id in self._catalog.row]
-        ild = intra_list_diversity(self._catalog.vectors[rows])
-        self._recent_ild.append(ild)
-        self._ild_sum += ild
-        if len(self._recent_ild) > _RECENT_LISTS:
-            self._ild_sum -= self._recent_ild.popleft()
-        self._observed += 1
-        if self._observed % (10 * _RECENT_LISTS) == 0:  # float drift of the running sum
-            self._ild_sum = float(sum(self._recent_ild))
-        metrics.LIST_ILD.set(self._ild_sum / len(self._recent_ild))
+        self._recent_ild.append(intra_list_diversity(self._catalog.vectors[rows]))
+        metrics.LIST_ILD.set(float(np.mean(self._recent_ild)))
         if self.ranker.relevance_ild:
             metrics.LIST_ILD_RELEVANCE.set(float(np.mean(self.ranker.relevance_ild)))
         if self._exposure is None:
