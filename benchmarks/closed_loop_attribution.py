@@ -21,9 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from streamrec.cli import settings_env
-from streamrec.processes import ProcessGroup, streamrec_cmd
-from streams.broker import EmbeddedBroker
+from pipeline.broker import EmbeddedBroker
+from pipeline.processes import ProcessGroup, streamrec_cmd
 from streams.contracts import Topics
 from streams.kafka import TopicFollower, create_topics, producer
 from streams.settings import Settings
@@ -43,7 +42,7 @@ def main() -> None:
         s = Settings(
             brokers=broker.bootstrap, catalog=args.catalog, topic_prefix=t.prefix, metrics_port=0
         )
-        env = settings_env(s)
+        env = s.to_env()
         procs.start("dataflow", streamrec_cmd("dataflow"), env)
         procs.start("worker", streamrec_cmd("worker"), env)
         p = producer(broker.bootstrap)

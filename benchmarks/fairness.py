@@ -98,14 +98,14 @@ def main() -> None:
             "(reranker.rerank(..., long_tail=...)): apply that change first"
         )
 
-    from model.evaluation import ReferenceEmbeddings, evaluate_p1, leave_last_out
-    from model.evaluation.runner import machine
-    from model.evaluation.sweep import long_tail_within, sweep_p1, write_sweep
-    from model.evaluation.system import StreamrecSystem
+    from corpus.datasets import load_dataset
+    from evaluation import ReferenceEmbeddings, evaluate_p1, leave_last_out
+    from evaluation.runner import machine
+    from evaluation.sweep import long_tail_within, sweep_p1, write_sweep
     from model.rerank import RERANKERS
+    from model.system import StreamrecSystem
     from streamrec.evaluate import _baselines
     from streams.catalog import Catalog
-    from streams.datasets import load_dataset
     from streams.settings import Settings
 
     started, started_on = perf_counter(), machine()

@@ -16,9 +16,10 @@ import time
 
 from streams.attribution import ListReward
 from streams.bandit import context_vector
+from streams.contracts import FusionWeights
 from streams.dataflow import BanditStep
 from streams.experiments import PolicyConfig
-from streams.fusion import FusionStep
+from streams.fusion_learner import FusionStep
 from streams.state import UserState
 
 FEATURES = ["lm", "seq", "covis", "repeat_count", "trend_short", "trend_long", "popularity"]
@@ -29,7 +30,7 @@ def main() -> None:
     examples = [
         ({f: rng.random() for f in FEATURES}, int(rng.random() < 0.1)) for _ in range(50_000)
     ]
-    step = FusionStep({"bias": 0.0, "weights": dict.fromkeys(FEATURES, 0.1)}, 50, 0.01)
+    step = FusionStep(FusionWeights(bias=0.0, weights=dict.fromkeys(FEATURES, 0.1)), 50, 0.01)
     model, started = None, time.perf_counter()
     for example in examples:
         model, _ = step(model, example)

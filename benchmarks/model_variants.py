@@ -24,12 +24,12 @@ from time import perf_counter
 
 import numpy as np
 
+from corpus.datasets import load_dataset
+from evaluation import ReferenceEmbeddings, evaluate_p1, leave_last_out
 from model.encoder import Encoder
-from model.evaluation import ReferenceEmbeddings, evaluate_p1, leave_last_out
-from model.evaluation.system import StreamrecSystem, universe_catalog
-from model.worker import build_ranker
+from model.ranker import build_ranker
+from model.system import StreamrecSystem, universe_catalog
 from streams.catalog import Catalog
-from streams.datasets import load_dataset
 from streams.settings import Settings
 
 

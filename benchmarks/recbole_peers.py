@@ -11,20 +11,20 @@ RecBole's data pipeline, splits and evaluator are not, so the figures come from
 the same split and the same metric code as ``streamrec evaluate``:
 
 - P1 (``--protocol leave-last-out``): the split is
-  :func:`model.evaluation.protocols.leave_last_out`. Training sequences are the
+  :func:`corpus.protocols.leave_last_out`. Training sequences are the
   validation fold's histories (every user's items without the last two), as
   RecBole's own leave-one-out does: each prefix (its last ``max_seq_length``
   items) predicts the next item, cross-entropy over every item. After each
   epoch the validation fold (second-to-last item) is scored; the best epoch's
   weights are kept, training stops after ``--patience`` epochs without a better
   validation NDCG@10, at ``--epochs``, or at ``--max-minutes``. The test fold is
-  then scored through :func:`model.evaluation.runner.evaluate_p1`, with each
+  then scored through :func:`evaluation.runner.evaluate_p1`, with each
   user's ``fold.history(u)`` (the validation item included, as input only) as
   the sequence, no mask and with the history mask.
 - P2 (``--protocol prequential``, online-retail): trained once on the lines
   before 2011-11-01 (per user in time order, consecutive duplicates
   collapsed; each user's last item held out for the same early stopping),
-  then replayed through :func:`model.evaluation.runner.evaluate_p2`: every test
+  then replayed through :func:`evaluation.runner.evaluate_p2`: every test
   basket is scored from the user's items bought strictly before it (lines fed
   by the replay), items the model never saw skipped; items it never saw
   cannot be recommended. A user with no known item gets the training
@@ -71,10 +71,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.evaluation.baselines import Recommender  # noqa: E402
-from model.evaluation.protocols import Events, PrequentialReplay, leave_last_out  # noqa: E402
-from model.evaluation.runner import evaluate_p1, evaluate_p2, machine, report_header  # noqa: E402
-from streams.datasets import Dataset, load_dataset  # noqa: E402
+from corpus.datasets import Dataset, load_dataset  # noqa: E402
+from corpus.protocols import Events, PrequentialReplay, leave_last_out  # noqa: E402
+from evaluation.baselines import Recommender  # noqa: E402
+from evaluation.runner import evaluate_p1, evaluate_p2, machine, report_header  # noqa: E402
 
 MODELS = {"gru4rec": "GRU4Rec", "sasrec": "SASRec"}
 #: RecBole's defaults for both models, except GRU4Rec's hidden size (64, not 128).
@@ -393,7 +393,7 @@ def run_p2(dataset: Dataset, args: argparse.Namespace) -> dict:
     popularity = _popularity(seqs, known, len(replay.item_ids))
 
     def validate(model) -> float:
-        from model.evaluation.quality import ndcg_at_k
+        from evaluation.quality import ndcg_at_k
 
         peer = RecBolePeer(model, vocab, popularity, args.max_len)
         peer._seqs = [list(s) for s in train_seqs]
@@ -480,7 +480,7 @@ def _markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="dataset folder (streams.datasets)")
+    parser.add_argument("--data", required=True, help="dataset folder (corpus.datasets)")
     parser.add_argument(
         "--protocol", choices=("leave-last-out", "prequential"), default="leave-last-out"
     )

@@ -16,7 +16,7 @@
 4. prints p50 / p95 / max of both, the events/s the page showed meanwhile and
    the load average, saves a screenshot, and stops the demo with Ctrl-C.
 
-``tests/test_ui.py`` drives the page with the same :class:`PageDriver`.
+``tests/integration/test_ui.py`` drives the page with the same :class:`PageDriver`.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def bench_model(
     warmup: int = 1,
 ) -> dict:
     """Measure every path on ``settings.device``; ratios against the first (reference)."""
-    from model.worker import build_ranker
+    from model.ranker import build_ranker
 
     torch.set_num_threads(cpu_threads())
     requests = bench_requests(catalog, batch_size * batches, settings.history_items)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model.artifact import resolve_artifact
-from model.encoder import EncoderNotFound, default_model_dir, resolve_device
+from model.encoder import default_model_dir, require_model_dir, resolve_device
 from model.scoring import Scored, Scorer, TwoTowerScorer
 from streams.contracts import RankRequest
 
@@ -51,11 +51,9 @@ class CrossEncoder:
 
     def __init__(self, model_dir: Path | str, device: str = "auto", max_length: int = 128) -> None:
         self.model_dir = _model_dir(Path(model_dir))
-        if not (self.model_dir / "config.json").is_file():
-            raise EncoderNotFound(
-                f"{self.model_dir} is not a cross-encoder folder (no config.json); "
-                "train one with `streamrec finetune-cross`"
-            )
+        require_model_dir(
+            self.model_dir, "a cross-encoder folder", "train one with `streamrec finetune-cross`"
+        )
         self.device = resolve_device(device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
@@ -181,9 +179,9 @@ def train_cross_encoder(
     hard negatives; pass the two-tower artifact the cross-encoder will rerank.
     ``cfg.max_minutes`` covers the whole call, mining included.
     """
-    from model.evaluation.protocols import leave_last_out
+    from corpus.datasets import load_dataset
+    from corpus.protocols import leave_last_out
     from model.finetune import FinetuneConfig, cpu_threads, training_pairs
-    from streams.datasets import load_dataset
 
     cfg = cfg or CrossConfig()
     started = time.perf_counter()

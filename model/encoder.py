@@ -93,6 +93,13 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def require_model_dir(model_dir: Path, what: str, hint: str) -> None:
+    """Raise :class:`EncoderNotFound` (``what`` and ``hint`` in the message) unless
+    ``model_dir`` is a local Hugging Face model folder (it has a ``config.json``)."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise EncoderNotFound(f"{model_dir} is not {what} (no config.json); {hint}")
+
+
 class Encoder:
     """A mean-pooling sentence encoder over any local Hugging Face model dir.
 
@@ -112,11 +119,11 @@ class Encoder:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
         self.artifact = resolve_artifact(model_dir) if model_dir is not None else None
         self.model_dir = self.artifact.model_dir if self.artifact else default_model_dir()
-        if not (self.model_dir / "config.json").is_file():
-            raise EncoderNotFound(
-                f"{self.model_dir} is not a Hugging Face model directory (no config.json); "
-                "pass --artifact a fine-tuned artifact or a local model folder"
-            )
+        require_model_dir(
+            self.model_dir,
+            "a Hugging Face model directory",
+            "pass --artifact a fine-tuned artifact or a local model folder",
+        )
         self.device = resolve_device(device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)

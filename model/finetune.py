@@ -1,6 +1,6 @@
 """Fine-tune the encoder on interaction sequences: ``streamrec finetune``.
 
-Data. Pairs come from the P1 split (``model.evaluation.protocols``) and only
+Data. Pairs come from the P1 split (``corpus.protocols``) and only
 from its training part: each user's history without the last two items (the
 validation fold's history), so neither the validation nor the test target is
 ever trained on. For every position of a history, the context is what the
@@ -70,12 +70,13 @@ import torch.nn.functional as F
 import transformers
 from tqdm.auto import tqdm
 
+from corpus.datasets import load_dataset
+from corpus.metrics import target_metrics
+from corpus.protocols import LeaveLastOut, leave_last_out
 from model.artifact import MANIFEST, new_version, publish, resolve_artifact
 from model.encoder import Encoder, default_model_dir, model_fingerprint
-from model.evaluation.protocols import LeaveLastOut, leave_last_out
 from model.index import make_catalog
 from model.scoring import history_text
-from streams.datasets import load_dataset
 from streams.settings import Settings
 from streams.state import UserState
 
@@ -216,12 +217,7 @@ def rank_metrics(
     """NDCG@k and Recall@k of one target per query, ranking every item by dot product."""
     scores = queries @ items.T
     own = scores[np.arange(len(targets)), targets]
-    rank = (scores > own[:, None]).sum(axis=1)
-    hit = rank < k
-    return {
-        f"ndcg@{k}": float(np.mean(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0))),
-        f"recall@{k}": float(np.mean(hit)),
-    }
+    return target_metrics((scores > own[:, None]).sum(axis=1), k)
 
 
 class _Trainer:

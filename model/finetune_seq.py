@@ -7,7 +7,7 @@
    of ``catalog`` (pass a fine-tuned artifact's catalog to build on the
    fine-tuned LM); early stopping on the second-to-last items.
 3. Feed the same training histories through the product's own path
-   (:class:`model.evaluation.system.StreamrecSystem`: the dataflow's user state
+   (:class:`model.system.StreamrecSystem`: the dataflow's user state
    and item signals, the worker's fusion scorer), ask for each sampled user's
    candidates with their features, and fit the fusion weights listwise so the
    second-to-last item outranks the rest (:func:`model.fusion.fit_weights`);
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from corpus.datasets import load_dataset
 from model.artifact import new_version, publish
 from model.fusion import fit_weights
 from model.sequence import SeqConfig, SequenceModel, p1_training_data, save, train_sequence_model
 from streams.catalog import Catalog
-from streams.datasets import load_dataset
 from streams.settings import Settings
 
 __all__ = ["finetune_sequence", "fusion_warm_start", "fusion_warm_start_baskets"]
@@ -53,8 +53,8 @@ def fusion_warm_start(
     the main set on every sampled user's next item, the ``"masked"`` set on the
     same users asked with their history filtered (users whose next item is a
     repeat drop out there, as they do from the masked protocol)."""
-    from model.evaluation.system import StreamrecSystem
-    from model.worker import build_ranker
+    from model.ranker import build_ranker
+    from model.system import StreamrecSystem
 
     ranker = build_ranker(settings, catalog)
     system = StreamrecSystem(dataset, catalog, settings, ranker=ranker, progress=progress)
@@ -104,9 +104,9 @@ def fusion_warm_start_baskets(
     comes back must predict a new basket, where the user's own repeat purchases
     dominate (P2 repeat-buy HR@10 .715). Only baskets before ``until`` are used.
     """
-    from model.evaluation.protocols import PrequentialReplay
-    from model.evaluation.system import StreamrecSystem
-    from model.worker import build_ranker
+    from corpus.protocols import PrequentialReplay
+    from model.ranker import build_ranker
+    from model.system import StreamrecSystem
 
     started = time.perf_counter()
     ranker = build_ranker(settings, catalog)
@@ -160,7 +160,7 @@ def finetune_sequence(
     ``trained``: a sequence-model folder already trained on this split (e.g. a
     staging folder of an earlier run): skip training, fit the fusion, publish.
     """
-    from model.evaluation.protocols import leave_last_out
+    from corpus.protocols import leave_last_out
 
     cfg = cfg or SeqConfig()
     started = time.perf_counter()

@@ -28,13 +28,12 @@ it, the largest terms of the linear score; :mod:`model.reasons`).
 Masking: candidates added here skip ``RankRequest.exclude`` (the user's seen
 items when the dataflow filters them), like the dataflow's own sources, and a
 request with ``filter_seen`` is scored with the second weight set, fitted on
-targets the user never had (repeats cannot win there; see :mod:`streams.fusion`).
+targets the user never had (repeats cannot win there; see :mod:`streams.fusion_learner`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +42,11 @@ from model.reasons import FusionEvidence
 from model.scoring import Scored, Scorer, TwoTowerScorer
 from model.sequence import SequenceModel
 from streams.catalog import Catalog
-from streams.contracts import RankRequest
+from streams.contracts import FusionWeights, RankRequest, WeightSet
 from streams.retrieval import Candidates, retrieve
 from streams.signals import SignalsView
 
-__all__ = ["FEATURES", "FusionScorer", "fit_weights", "load_weights", "DEFAULT_WEIGHTS"]
+__all__ = ["FEATURES", "FusionScorer", "fit_weights", "warm_start_or_default", "DEFAULT_WEIGHTS"]
 
 _DAY_S = 86_400.0
 #: The log-probability given to items the sequence model cannot score.
@@ -79,25 +78,26 @@ _Provenance = tuple[
 ]
 
 #: Used when no fitted weights exist: the sequence model decides, repeats help.
-DEFAULT_WEIGHTS: dict = {"bias": 0.0, "weights": {"seq": 1.0, "repeat_count": 0.5}}
+DEFAULT_WEIGHTS = FusionWeights(bias=0.0, weights={"seq": 1.0, "repeat_count": 0.5})
 
 
-def _linear(weights: dict) -> tuple[np.ndarray, float, dict]:
-    """(weight vector in FEATURES order, bias, the set as a dict)."""
-    w = weights.get("weights", {})
-    bias = float(weights.get("bias", 0.0))
-    vector = np.array([float(w.get(f, 0.0)) for f in FEATURES], dtype=np.float32)
-    return vector, bias, {"bias": bias, "weights": dict(w)}
+def _linear(weights: WeightSet) -> tuple[np.ndarray, float, WeightSet]:
+    """(weight vector in FEATURES order, bias, the set)."""
+    w = weights.weights
+    vector = np.array([w.get(f, 0.0) for f in FEATURES], dtype=np.float32)
+    return vector, weights.bias, weights
 
 
-def load_weights(path: Path | None) -> dict:
-    """Weights JSON ({"bias": b, "weights": {name: w}}) from ``path``, or the
-    defaults when there is no file (a sequence model trained without a fusion fit)."""
-    from streams.fusion import load_weights as read
+def warm_start_or_default(path: Path | None) -> FusionWeights:
+    """The warm-start weights of the file ``path``
+    (:func:`streams.fusion_learner.read_warm_start`, with its ``masked`` set when
+    it has one), or :data:`DEFAULT_WEIGHTS` when there is no file (a sequence
+    model trained without a fusion fit). A file that is there but wrong raises."""
+    from streams.fusion_learner import read_warm_start
 
     if path is None or not Path(path).is_file():
-        return json.loads(json.dumps(DEFAULT_WEIGHTS))
-    return read(path)  # with its "masked" set when the file has one
+        return DEFAULT_WEIGHTS
+    return read_warm_start(path)
 
 
 class FusionScorer(Scorer):
@@ -110,7 +110,7 @@ class FusionScorer(Scorer):
         catalog: Catalog,
         lm: TwoTowerScorer | None,
         sequence: SequenceModel | None,
-        weights: dict | None = None,
+        weights: FusionWeights | Mapping | None = None,
         seq_candidates: int = 100,
         covis_candidates: int = 50,
         trending_candidates: int = 20,
@@ -141,29 +141,31 @@ class FusionScorer(Scorer):
             known = self._seq_rows >= 0
             self._seq_index[self._seq_rows[known]] = np.flatnonzero(known)
 
-    def set_weights(self, weights: dict) -> None:
-        """Swap the linear weights (the warm start, or a published ``fusion-weights`` value).
+    def set_weights(self, weights: FusionWeights | Mapping) -> None:
+        """Swap the linear weights (the warm start, or a published ``fusion-weights``
+        record); a mapping is read as a :class:`~streams.contracts.FusionWeights`.
 
         A warm start holds the set for lists that may repeat the user's items
-        and, under ``"masked"``, the one for lists that may not
+        and, under ``masked``, the one for lists that may not
         (``RankRequest.filter_seen``); without it both use the first. A
-        published value stamps ``filter_seen`` and replaces only that set.
+        published record stamps ``filter_seen`` and replaces only that set.
         One attribute assignment, so a batch ranked while the worker's follower
         thread swaps sees the old weights or the new ones, never a mix.
         """
-        if "filter_seen" in weights:
+        if not isinstance(weights, FusionWeights):
+            weights = FusionWeights.model_validate(dict(weights))
+        one = _linear(weights.weight_set(False))
+        if weights.filter_seen is not None:
             plain, masked = self._sets
-            one = _linear(weights)
-            self._sets = (plain, one) if weights["filter_seen"] else (one, masked)
+            self._sets = (plain, one) if weights.filter_seen else (one, masked)
             return
-        plain = _linear(weights)
-        self._sets = (plain, _linear(weights["masked"]) if "masked" in weights else plain)
+        self._sets = (one, _linear(weights.masked) if weights.masked is not None else one)
 
     @property
-    def weights(self) -> dict:
-        """``{"bias", "weights", "masked": {"bias", "weights"}}`` in use now."""
-        plain, masked = self._sets
-        return {**plain[2], "masked": masked[2]}
+    def weights(self) -> FusionWeights:
+        """The two weight sets in use now (``masked``: the one for lists with the seen filter)."""
+        (_, _, plain), (_, _, masked) = self._sets
+        return FusionWeights(bias=plain.bias, weights=plain.weights, masked=masked)
 
     # --- candidates -------------------------------------------------------
 
@@ -375,7 +377,7 @@ def fit_weights(
         if rows and len(x) > 1:
             usable.append((x, rows))
     if not usable:
-        return json.loads(json.dumps(DEFAULT_WEIGHTS))
+        return DEFAULT_WEIGHTS.model_dump()
     width = max(len(x) for x, _ in usable)
     feats = np.zeros((len(usable), width, len(FEATURES)), dtype=np.float32)
     valid = np.zeros((len(usable), width), dtype=bool)

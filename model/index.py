@@ -20,9 +20,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from corpus.datasets import Dataset
 from model.encoder import Encoder
 from streams.catalog import Catalog
-from streams.datasets import Dataset
 
 __all__ = ["catalog_dir", "build_catalog", "make_catalog", "derive_categories"]
 

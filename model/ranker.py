@@ -22,18 +22,37 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from model.bandit_book import PolicyBook
+from model.encoder import Encoder
 from model.reasons import fusion_reasons, simple_reasons
-from model.rerank import Reranker, get_reranker, intra_list_diversity, standardise
-from model.scoring import Scorer
-from streams.bandit.book import PolicyBook
-from streams.catalog import Catalog
-from streams.contracts import RankedItem, RankRequest, Recommendation, rec_id_for
+from model.rerank import MMR, Reranker, get_reranker, intra_list_diversity, standardise
+from model.scoring import Scorer, TwoTowerScorer
+from streams.catalog import Catalog, CatalogNotFound
+from streams.contracts import (
+    FusionWeights,
+    RankedItem,
+    RankRequest,
+    Recommendation,
+    ServedPolicy,
+    rec_id_for,
+)
 from streams.experiments import Arm
 from streams.settings import Settings
 
-__all__ = ["Ranker"]
+__all__ = ["Ranker", "FUSION_DEFAULT_ARM", "build_ranker", "load_ranker"]
 
 log = logging.getLogger(__name__)
+
+#: The fusion ranker's default arm (lists outside every experiment, unless the
+#: experiments file names a ``default_arm``): pinned MMR at 0.5 on standardised
+#: relevance (``model.rerank.standardise``), P1 ILD@10 +10.1% for NDCG@10 +0.1%
+#: (docs/eval/fusion/online-retail-leave-last-out/sweep.md). The most diverse
+#: setting within 1% on P1, 0.375 (+16.8% / -0.8%), costs P2 6.9% NDCG@10 and
+#: falls behind ALS on P2 `new`; 0.5 costs P2 3.3-3.8% and stays ahead on
+#: every table (docs/eval/defaults.md).
+#: The two-tower ranker keeps MMR at ``mmr_lambda``: no setting of its sweep
+#: stays within 1%.
+FUSION_DEFAULT_ARM = Arm(reranker="mmr_pinned", trade_off=0.5)
 
 
 class Ranker:
@@ -81,11 +100,11 @@ class Ranker:
             self.scorer.signals = table
 
     @property
-    def fusion_weights(self) -> dict | None:
+    def fusion_weights(self) -> FusionWeights | None:
         return getattr(self.scorer, "weights", None)
 
     @fusion_weights.setter
-    def fusion_weights(self, weights: dict | None) -> None:
+    def fusion_weights(self, weights: FusionWeights | None) -> None:
         if weights is not None and hasattr(self.scorer, "set_weights"):
             self.scorer.set_weights(weights)
 
@@ -93,16 +112,16 @@ class Ranker:
     def default_arm(self) -> Arm:
         return Arm(reranker=self.reranker.name, trade_off=self.trade_off)
 
-    def choose(self, request: RankRequest) -> dict[str, object]:
-        """The request's policy stamp: reranker, arm, lambda, mode, segment."""
+    def choose(self, request: RankRequest) -> ServedPolicy:
+        """What serves the request's list: its arm (reranker, trade-off), the mode it
+        was chosen in and the user's segment."""
         p = request.policy
-        segment = str(p.get("segment", "all"))
-        mode = str(p.get("mode", "fixed"))
+        segment, mode = p.segment, p.mode
         if mode == "bandit" and self.book is not None:
             arm = Arm.from_name(self.book.pick(segment, request.context))
-        elif p.get("arm"):
+        elif p.arm:
             try:
-                arm = Arm.from_name(str(p["arm"]))
+                arm = Arm.from_name(p.arm)
             except ValueError as exc:  # pydantic's ValidationError is one too
                 # A record names an arm no config has: rank it with the default
                 # rather than die on it (and again on every redelivery).
@@ -110,13 +129,9 @@ class Ranker:
                 mode, arm = "fixed", self.default_arm
         else:
             mode, arm = "fixed", self.default_arm
-        return {
-            "reranker": arm.reranker,
-            "arm": arm.name,
-            "lambda": arm.trade_off,
-            "mode": mode,
-            "segment": segment,
-        }
+        return ServedPolicy(
+            reranker=arm.reranker, arm=arm.name, trade_off=arm.trade_off, mode=mode, segment=segment
+        )
 
     def _reranker(self, name: str) -> Reranker:
         if name not in self._rerankers:
@@ -126,7 +141,7 @@ class Ranker:
     def rank(
         self,
         requests: Sequence[RankRequest],
-        policies: Sequence[dict[str, object]] | None = None,
+        policies: Sequence[ServedPolicy] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """For each request, the final ``k`` (item_id, score) pairs in list order."""
         return [[(i, s) for i, s, _, _ in items] for items in self._rank(requests, policies)]
@@ -134,7 +149,7 @@ class Ranker:
     def rank_with_features(
         self,
         requests: Sequence[RankRequest],
-        policies: Sequence[dict[str, object]] | None = None,
+        policies: Sequence[ServedPolicy] | None = None,
     ) -> list[list[tuple[str, float, dict[str, float] | None]]]:
         """Like :meth:`rank`, with each listed item's scorer features (None if the
         scorer has none): the fusion learner trains on them when outcomes return."""
@@ -143,7 +158,7 @@ class Ranker:
     def rank_with_reasons(
         self,
         requests: Sequence[RankRequest],
-        policies: Sequence[dict[str, object]] | None = None,
+        policies: Sequence[ServedPolicy] | None = None,
     ) -> list[list[tuple[str, float, dict[str, float] | None, dict]]]:
         """Like :meth:`rank_with_features`, with each listed item's reason
         (``RankedItem.reason``, see :mod:`model.reasons`)."""
@@ -152,7 +167,7 @@ class Ranker:
     def _rank(
         self,
         requests: Sequence[RankRequest],
-        policies: Sequence[dict[str, object]] | None = None,
+        policies: Sequence[ServedPolicy] | None = None,
         reasons: bool = False,
         baseline: bool = False,
     ) -> list[list[tuple[str, float, dict[str, float] | None, dict | None]]]:
@@ -176,12 +191,12 @@ class Ranker:
         for request, (rows, scores, feats, evidence), policy in zip(
             requests, scored, policies, strict=True
         ):
-            reranker = self._reranker(str(policy["reranker"]))
+            reranker = self._reranker(policy.reranker)
             pos = reranker.rerank(
                 standardise(scores) if self.standardise else scores,
                 self.catalog.vectors[rows],
                 request.k,
-                float(policy["lambda"]),
+                policy.trade_off,
                 categories=[categories[r] for r in rows.tolist()]
                 if reranker.uses_categories
                 else None,
@@ -236,7 +251,7 @@ class Ranker:
                     )
                     for i, (item, score, feats, why) in enumerate(items)
                 ],
-                experiment=r.experiment or {"name": "none", "variant": "default"},
+                experiment=r.experiment,
                 policy=policy,
                 model_version=self.model_version,
                 trigger_event_id=r.trigger_event_id,
@@ -245,3 +260,93 @@ class Ranker:
             )
             for r, items, policy in zip(requests, ranked, policies, strict=True)
         ]
+
+
+def build_ranker(
+    settings: Settings,
+    catalog: Catalog,
+    book: PolicyBook | None = None,
+    encoder: Encoder | None = None,
+) -> Ranker:
+    """The ranking path for ``settings``: two-tower LM scoring, MMR by default.
+
+    With a ``book`` (the latest bandit policies), requests of bandit variants
+    get the bandit's arm; others their variant's fixed arm or MMR at
+    ``settings.mmr_lambda``. ``settings.quantize`` picks the int8 CPU path;
+    ``settings.cross_encoder`` adds the cross-encoder over the top candidates.
+    Lists carry the encoder's name: the artifact's version when it is one.
+
+    The default arm is MMR at ``settings.mmr_lambda`` for the two-tower ranker
+    and :data:`FUSION_DEFAULT_ARM` for the fusion ranker.
+
+    ``settings.sequence_model`` switches to the fusion ranker
+    (:class:`model.fusion.FusionScorer`): the sequence model's candidates and
+    scores fused with the LM score and the streamed signals, with the model
+    folder's ``fusion.json`` weights; the version becomes ``<lm>+seq:<version>``.
+    """
+    if encoder is None:
+        encoder = Encoder(settings.artifact, device=settings.device, quantize=settings.quantize)
+    scorer: Scorer = TwoTowerScorer(
+        encoder, catalog, settings.lm_blend, settings.history_items, settings.repeat_n
+    )
+    version = encoder.name
+    if settings.sequence_model is not None:
+        from model.fusion import FusionScorer, warm_start_or_default
+        from model.sequence import SequenceModel
+
+        sequence = SequenceModel(settings.sequence_model, device=settings.device)
+        # The sequence model reads the order the title query cannot: with it, the
+        # query adds nothing measurable (P1 NDCG@10 .2454 with it, .2452 without)
+        # and costs most of the latency (demo p99 1,622 ms against 612 ms).
+        lm = TwoTowerScorer(encoder, catalog, settings.fusion_lm_blend, settings.history_items)
+        scorer = FusionScorer(
+            catalog,
+            lm,
+            sequence,
+            warm_start_or_default(sequence.path / "fusion.json"),
+            settings.seq_candidates,
+            settings.covis_candidates,
+            settings.trending_candidates,
+            settings.repeat_n,
+        )
+        version = f"{encoder.name}+seq:{sequence.version}"
+    reranker, trade_off = MMR(), settings.mmr_lambda
+    if settings.sequence_model is not None:
+        reranker, trade_off = (
+            get_reranker(FUSION_DEFAULT_ARM.reranker),
+            FUSION_DEFAULT_ARM.trade_off,
+        )
+    if settings.cross_encoder is not None:
+        from model.crossencoder import CrossEncoder, CrossEncoderScorer
+
+        cross = CrossEncoder(settings.cross_encoder, device=settings.device)
+        scorer = CrossEncoderScorer(scorer, cross, settings.cross_top_n)
+    # The fusion ranker's scale moves as the online learner updates its weights:
+    # its lists are reranked on standardised scores (model.rerank.standardise).
+    return Ranker(
+        scorer,
+        reranker,
+        catalog,
+        trade_off,
+        version,
+        book,
+        reasons=settings.reasons,
+        standardise=settings.sequence_model is not None,
+    )
+
+
+def load_ranker(settings: Settings, book: PolicyBook | None = None) -> Ranker:
+    """The worker's ranker: the artifact's own catalog when it has one, else ``--catalog``.
+
+    The item vectors must come from the model that embeds the query, so a
+    fine-tuned artifact's catalog wins over ``settings.catalog``.
+    """
+    encoder = Encoder(settings.artifact, device=settings.device, quantize=settings.quantize)
+    own = encoder.artifact.catalog_dir if encoder.artifact else None
+    path = own or settings.catalog
+    if path is None:
+        raise CatalogNotFound(
+            "no catalog: set --catalog / STREAMREC_CATALOG, or --artifact a fine-tuned "
+            "artifact (it carries its catalog)"
+        )
+    return build_ranker(settings, Catalog.load(path), book, encoder)

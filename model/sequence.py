@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from corpus.metrics import target_metrics
 from model.encoder import resolve_device
 
 __all__ = [
@@ -257,9 +258,9 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 @torch.no_grad()
 def validate(model: SeqRec, data: TrainingData, device: torch.device, k: int = 10) -> dict:
-    """NDCG@10 and Recall@10 of the validation targets, full ranking, no mask."""
+    """NDCG@k and Recall@k of the validation targets, full ranking, no mask."""
     model.eval()
-    ndcg, hits = [], []
+    ranks: list[int] = []
     table = model.item_table()
     for start in range(0, len(data.valid_targets), 256):
         part = data.valid_history[start : start + 256]
@@ -270,12 +271,9 @@ def validate(model: SeqRec, data: TrainingData, device: torch.device, k: int = 1
             scores = (model.user(tokens, gaps) @ table.T).float()
         target = torch.as_tensor(data.valid_targets[start : start + 256], device=device)
         mine = scores.gather(1, target[:, None])
-        rank = (scores > mine).sum(1)
-        hit = rank < k
-        hits += hit.tolist()
-        ndcg += torch.where(hit, 1.0 / torch.log2(rank.float() + 2.0), 0.0).tolist()
+        ranks += (scores > mine).sum(1).tolist()
     model.train()
-    return {"ndcg@10": float(np.mean(ndcg)), "recall@10": float(np.mean(hits))}
+    return target_metrics(np.array(ranks), k)
 
 
 def train_sequence_model(

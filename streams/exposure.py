@@ -1,7 +1,7 @@
 """Exposure: how much attention a list gives each item, category and the long tail.
 
 Pure numpy (no model, no Bytewax), shared by the offline evaluation
-(:class:`model.evaluation.quality.QualityAccumulator`), the catalog's long-tail
+(:class:`evaluation.quality.QualityAccumulator`), the catalog's long-tail
 flag (:attr:`streams.catalog.Catalog.long_tail`) and the worker's rolling gauges
 (:class:`RollingExposure`), so the three measure the same thing.
 

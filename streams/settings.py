@@ -8,6 +8,7 @@ environment, which is how ``streamrec dataflow`` hands its flags over.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -263,3 +264,19 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown event types in event_weights: {sorted(unknown)}")
         return {**DEFAULT_EVENT_WEIGHTS, **v}
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``STREAMREC_*`` variables, to hand them to a child process
+        (which reads them back with ``Settings()``); unset (None) fields are left out.
+
+        >>> Settings(k=5, metrics_port=0).to_env()["STREAMREC_K"]
+        '5'
+        """
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            env[f"STREAMREC_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, dict) else str(value)
+            )
+        return env

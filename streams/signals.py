@@ -19,7 +19,7 @@ Decay runs on event time and is exact whatever the arrival order: a value is
 time so an update costs O(1) (the reference moves forward now and then so the
 scale stays small). Each update emits the item's :class:`SignalRow`, its
 values decayed to the item's latest event time, to the ``item-signals`` topic
-(key = item_id, compacted, JSON)::
+(key = item_id, compacted; the record is :class:`streams.contracts.SignalRow`)::
 
     {"item_id": "i9", "neighbours": [["i7", 2.5], ["i3", 1.0]],
      "short": 3.2, "long": 41.0, "ts": 1732560000.25, "records": 57}
@@ -38,8 +38,6 @@ the item id, so results are deterministic.
 from __future__ import annotations
 
 import heapq
-import json
-import math
 import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +45,7 @@ from functools import cached_property
 
 import numpy as np
 
-from streams.contracts import MAX_ID_CHARS
+from streams.contracts import SignalRow
 from streams.retrieval import Candidate, merge
 from streams.settings import Settings
 
@@ -160,77 +158,6 @@ class SignalsConfig:
         )
 
 
-@dataclass(frozen=True)
-class SignalRow:
-    """One item's published signals, decayed to ``ts`` (the item's latest event time)."""
-
-    item_id: str
-    neighbours: tuple[tuple[str, float], ...]
-    short: float
-    long: float
-    ts: float
-    # Signal records the item's state has applied so far: a reader that knows how
-    # many records were produced can tell when its table has caught up, whatever
-    # rows the step coalesced.
-    records: int = 0
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "item_id": self.item_id,
-                "neighbours": [list(n) for n in self.neighbours],
-                "short": self.short,
-                "long": self.long,
-                "ts": self.ts,
-                "records": self.records,
-            }
-        ).encode("utf-8")
-
-    @classmethod
-    def from_json(cls, raw: bytes | str | None) -> SignalRow:
-        """Parse an ``item-signals`` record; raises ValueError (or KeyError, TypeError,
-        AttributeError) for anything but a row of finite numbers.
-
-        The topic is internal, but a record on it reaches every worker's ranking:
-        a NaN weight would silently poison the fusion scores, so it is refused here.
-        """
-        obj = json.loads(raw)  # type: ignore[arg-type] - None raises TypeError
-        item_id, neighbours = obj["item_id"], obj["neighbours"]
-        if not isinstance(item_id, str) or not 0 < len(item_id) <= MAX_ID_CHARS:
-            raise ValueError(f"item_id must be a string of 1-{MAX_ID_CHARS} characters")
-        if not isinstance(neighbours, list) or len(neighbours) > _MAX_ROW_NEIGHBOURS:
-            raise ValueError(f"neighbours must be a list of at most {_MAX_ROW_NEIGHBOURS} pairs")
-        pairs = tuple((_id(i), _finite(w, "neighbour weight")) for i, w in neighbours)
-        return cls(
-            item_id=item_id,
-            neighbours=pairs,
-            short=_finite(obj["short"], "short"),
-            long=_finite(obj["long"], "long"),
-            ts=_finite(obj["ts"], "ts"),
-            records=int(obj.get("records", 0)),
-        )
-
-
-# A published row holds the top ``covis_n`` neighbours (20 by default); anything far
-# longer did not come from the dataflow.
-_MAX_ROW_NEIGHBOURS = 1000
-
-
-def _finite(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, not {number}")
-    return number
-
-
-def _id(value: object) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
-        raise ValueError(f"an item id must be a string of 1-{MAX_ID_CHARS} characters")
-    return value
-
-
 @dataclass
 class ItemSignals:
     """One item's state in the ``item-signals`` step. Values are scaled to ``ref_ts``:
@@ -290,7 +217,9 @@ class ItemSignals:
             keep = np.arange(len(keys))
         top = zip(keep.tolist(), weights[keep].tolist(), strict=True)
         pairs = [(keys[j], w) for j, w in top if w > 0]
-        return SignalRow(
+        # Built unvalidated (as the dataflow's rank requests are): every field comes
+        # from this state, and readers validate what they take (streams.contracts.parse).
+        return SignalRow.model_construct(
             item_id=item_id,
             neighbours=tuple(_top(pairs, cfg.covis_n)),
             short=round(self.short * 0.5 ** (dt / cfg.trend_half_life_s), 6),
@@ -347,7 +276,8 @@ class SignalsTable:
     rows (the worker's follower).
 
     >>> table = SignalsTable(SignalsConfig())
-    >>> table.apply(SignalRow("a", (("b", 2.0), ("c", 1.0)), 1.0, 1.0, 10.0))
+    >>> table.apply(SignalRow(item_id="a", neighbours=(("b", 2.0), ("c", 1.0)), short=1.0,
+    ...                       long=1.0, ts=10.0))
     >>> [(c.item_id, c.source) for c in table.candidates(["a"], 10.0, covis_n=2, trending_n=1)]
     [('b', 'covis'), ('c', 'covis'), ('a', 'trending')]
     """

@@ -14,6 +14,7 @@ from streams.bandit.context import context_vector, segment_of
 from streams.bandit.linucb import LinUCB
 from streams.bandit.thompson import Thompson
 from streams.bandit.ucb import UCB
+from streams.contracts import GLOBAL_KEY
 from streams.experiments import BanditConfig
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "UCB",
     "LinUCB",
     "POLICIES",
+    "bandit_key",
     "make_policy",
     "new_policy",
     "policy_from_state",
@@ -30,6 +32,18 @@ __all__ = [
 ]
 
 POLICIES: dict[str, type[DiversityPolicy]] = {"thompson": Thompson, "ucb": UCB, "linucb": LinUCB}
+
+
+def bandit_key(policy: str, segment: str) -> str:
+    """The key a bandit ``policy`` (a name of :data:`POLICIES`) learns and publishes
+    its state under for a user of ``segment``: the segment itself, or ``global``
+    for a contextual policy (LinUCB), whose context carries the segment. The
+    dataflow's ``bandit`` step and the worker's policy book both key by it.
+
+    >>> bandit_key("thompson", "h1-e0-new"), bandit_key("linucb", "h1-e0-new")
+    ('h1-e0-new', 'global')
+    """
+    return GLOBAL_KEY if POLICIES[policy].contextual else segment
 
 
 def new_policy(cfg: BanditConfig, arms: list[str]) -> DiversityPolicy:

@@ -2,8 +2,10 @@
 
 A policy travels on ``bandit-weights`` as its sufficient statistics (counts,
 sums, Beta parameters, LinUCB's inverse and b), never as code: nothing read
-from a topic is unpickled. :func:`policy_from_state` rebuilds a policy of a
-known class from them and refuses anything else with a ValueError.
+from a topic is unpickled. The record is :class:`streams.contracts.BanditState`
+(:meth:`DiversityPolicy.state_record`), which admits only known policies and
+plain numbers; :func:`policy_from_state` rebuilds a policy from one and
+refuses statistics that do not fit it with a ValueError.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
+
+from streams.contracts import BanditState
 
 __all__ = ["DiversityPolicy", "policy_from_state", "river_counts", "load_river_counts", "_number"]
 
@@ -29,6 +33,9 @@ class DiversityPolicy(ABC):
     """
 
     name = "base"
+    #: A contextual policy learns one model for every segment (the context carries
+    #: the segment): its state lives under one key (``streams.bandit.bandit_key``).
+    contextual = False
 
     def __init__(self, arms: list[str], min_exploration: float = 0.05, seed: int = 0) -> None:
         if not arms:
@@ -96,6 +103,10 @@ class DiversityPolicy(ABC):
             "params": self._params(),
         }
 
+    def state_record(self, key: str, updated_ts: float) -> BanditState:
+        """The ``bandit-weights`` record of this state under bandit ``key``."""
+        return BanditState.model_validate({"key": key, "updated_ts": updated_ts, **self.to_state()})
+
     @abstractmethod
     def _params(self) -> dict[str, Any]:
         """The policy's learned statistics as JSON-ready numbers."""
@@ -129,36 +140,22 @@ def load_river_counts(policy: Any, params: dict[str, Any], arms: list[str]) -> N
         policy._counts[arm] = int(_number(count, "count"))
 
 
-def policy_from_state(state: dict[str, Any]) -> DiversityPolicy:
-    """Rebuild a policy published with :meth:`DiversityPolicy.to_state`.
+def policy_from_state(state: BanditState) -> DiversityPolicy:
+    """Rebuild a policy from its ``bandit-weights`` record (:meth:`DiversityPolicy.state_record`).
 
-    Only the known policy classes, only numbers: a record that does not fit
-    raises ValueError (the worker logs it and skips it).
+    The record's model already admits only known policies and plain finite
+    numbers; statistics that do not fit the policy (an arm it does not have,
+    a matrix of the wrong shape, a Beta parameter that is not positive) raise
+    ValueError (the worker logs the record and skips it).
     """
     from streams.bandit import POLICIES
 
-    if not isinstance(state, dict):
-        raise ValueError("bandit state is not a JSON object")
-    name, arms = state.get("policy"), state.get("arms")
-    if name not in POLICIES:
-        raise ValueError(f"bandit state: unknown policy {name!r}")
-    if not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms):
-        raise ValueError("bandit state: arms must be a non-empty list of names")
-    stats = state.get("stats")
-    if not isinstance(stats, dict) or set(stats) != set(arms):
-        raise ValueError("bandit state: stats must hold every arm")
-    seed = state.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError("bandit state: seed must be an integer")
-    policy = POLICIES[name](
-        arms, min(1.0, max(0.0, _number(state["min_exploration"], "min_exploration"))), seed
+    policy = POLICIES[state.policy](
+        list(state.arms), min(1.0, max(0.0, state.min_exploration)), state.seed
     )
-    for arm in arms:
-        policy.pulls[arm] = int(_number(stats[arm]["pulls"], "pulls"))
-        policy.reward_sum[arm] = _number(stats[arm]["reward_sum"], "reward_sum")
-    policy.updates = int(_number(state.get("updates", 0), "updates"))
-    params = state.get("params")
-    if not isinstance(params, dict):
-        raise ValueError("bandit state: params must be an object")
-    policy._load(params)
+    for arm in state.arms:
+        policy.pulls[arm] = state.stats[arm].pulls
+        policy.reward_sum[arm] = state.stats[arm].reward_sum
+    policy.updates = state.updates
+    policy._load(state.params.model_dump())
     return policy

@@ -31,6 +31,7 @@ class LinUCB(DiversityPolicy):
     """
 
     name = "linucb"
+    contextual = True
 
     def __init__(
         self,
