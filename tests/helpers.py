@@ -182,17 +182,17 @@ def pipeline(
         yield procs
 
 
-def committed_epoch(recovery_dir: Path) -> int:
+def committed_epoch(recovery_dir: Path) -> int | None:
     """The epoch a restart would resume from: the oldest of the recovery partitions'
-    committed epochs (0 before the first snapshot). Read-only; a partition that is
-    being written at that moment counts as not committed yet."""
+    committed epochs (0 before the first snapshot); None while a partition is being
+    written and cannot be read (read-only, so the dataflow is never blocked)."""
     epochs = []
     for part in sorted(Path(recovery_dir).glob("part-*.sqlite3")):
         try:
             with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=1) as db:
                 row = db.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()
         except sqlite3.OperationalError:
-            return 0
+            return None
         epochs.append(row[0] or 0)
     return min(epochs, default=0)
 
@@ -200,10 +200,13 @@ def committed_epoch(recovery_dir: Path) -> int:
 def wait_for_snapshot(recovery_dir: Path, procs=None, snapshots: int = 1, timeout_s: float = 60.0):
     """Wait until the recovery store has committed ``snapshots`` more epochs than now:
     what the dataflow applied before this call survives a kill from then on."""
-    start = committed_epoch(recovery_dir)
     deadline = time.monotonic() + timeout_s
-    while committed_epoch(recovery_dir) < start + snapshots:
+    start = now = None
+    while start is None or now is None or now < start + snapshots:
         if procs is not None:
             procs.check()
         assert time.monotonic() < deadline, f"no new snapshot in {recovery_dir} in {timeout_s} s"
         time.sleep(0.1)
+        now = committed_epoch(recovery_dir)
+        if start is None:
+            start = now  # an unreadable first look is not taken as epoch 0
