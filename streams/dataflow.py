@@ -2,9 +2,9 @@
 
 Steps (``step_id``s are stable: recovery state is keyed by them):
 
-``kafka-in``        KafkaSource on ``events``, ``recommendation-requests``,
-                    ``recommendations`` (the lists read back for attribution) and
-                    ``forget-requests``
+``kafka-in``        Kafka (``streams.source``: one consumer per Bytewax worker) on
+                    ``events``, ``recommendation-requests``, ``recommendations`` (the
+                    lists read back for attribution) and ``forget-requests``
 ``parse``           bytes -> Trigger | Shown | DeadLetter (never raises; a source
                     error that concerns no record, e.g. the broker away, is
                     logged and dropped)
@@ -116,7 +116,7 @@ from streams.signals import (
     records,
 )
 from streams.sink import CheckedKafkaSink
-from streams.source import NonBlockingKafkaSource
+from streams.source import SharedConsumerKafkaSource
 from streams.state import StateConfig, UserState, restore, update_state
 
 __all__ = ["build_flow", "UserStep", "BanditStep", "Trigger", "Shown"]
@@ -606,7 +606,7 @@ def build_flow(
         "kafka-in",
         flow,
         source
-        or NonBlockingKafkaSource(
+        or SharedConsumerKafkaSource(
             brokers,
             [
                 topics.events,
