@@ -14,7 +14,8 @@ The loop, per consumed window:
 4. wait until the broker acknowledged every record (``_deliver``), however
    long it stalls: a retriable failure is produced again, a record refused
    for good becomes a dead letter on ``rank-requests.dlq``;
-5. only then commit the consumed offsets: at-least-once, and a duplicate
+5. only then commit the consumed offsets (asynchronously: the next window
+   does not wait for it): at-least-once, and a duplicate
    after a crash or a lost assignment carries the same deterministic
    ``rec_id``. A failed commit (the group moved on during a stall) is
    logged and survived: the consumer rejoins by itself.
@@ -24,8 +25,8 @@ letter, a bad record on an internal topic a logged skip.
 
 Several workers share ``rank-requests`` through one consumer group.
 
-Followers: background threads read the dataflow's compacted internal topics
-from the beginning, every worker all of them (no group): ``bandit-weights``
+Followers: a background thread (one consumer) reads the dataflow's compacted
+internal topics from the beginning, every worker all of them (no group): ``bandit-weights``
 into the policy book, ``item-signals`` rows into a
 :class:`~streams.signals.SignalsTable` (``ranker.signals``) and the newest
 ``fusion-weights`` onto ``ranker.fusion_weights``. Every ranker the worker
@@ -47,6 +48,7 @@ share a base, so the spaces stay close; the LM query side is always current).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -85,6 +87,7 @@ from streams.contracts import (
 from streams.experiments import load_config
 from streams.exposure import RollingExposure
 from streams.kafka import (
+    RELAXED_FETCH_WAIT_MS,
     DeliveryFailed,
     Produced,
     TopicFollower,
@@ -431,27 +434,32 @@ class Worker:
     def _apply_bandit_state(self, raw: bytes | None) -> None:
         self.book.apply(_internal(BanditState, raw))
 
-    def _follow(self, topic: str, name: str, apply: Callable[[bytes | None], None]) -> None:
-        """Background thread: ``apply`` every record of ``topic``, from the beginning.
+    def _follow(self, handlers: dict[str, tuple[str, Callable[[bytes | None], None]]]) -> None:
+        """Background thread: apply every record of the followed topics, from the
+        beginning; ``handlers`` maps each topic to (its metric name, its apply).
 
+        One consumer for the three internal topics, with a relaxed fetch wait
+        (``RELAXED_FETCH_WAIT_MS``): a row a tenth of a second late ranks the
+        same, and every idle consumer costs the broker a fetch per wait.
         A record that cannot be applied is logged and skipped (counted per
         topic): these topics are compacted and read from the start, so a record
         that stopped the worker would stop it again at every start. The thread
         outlives a broker outage: the follower is rebuilt until it connects.
         """
-        follower = self._follower(topic)
-        if follower is None:  # stopped before the topic could be followed
+        follower = self._follower(list(handlers))
+        if follower is None:  # stopped before the topics could be followed
             return
         try:
             while not self._stop.is_set():
                 for m in follower.poll(500, 0.5):
+                    name, apply = handlers[m.topic()]
                     try:
                         apply(m.value())
                     except Exception as exc:  # noqa: BLE001 - any bad record is a skip
                         metrics.SKIPPED_INTERNAL.labels(name).inc()
                         log.warning(
                             "skipping a bad %s record (partition %s, offset %s): %s: %s",
-                            topic,
+                            m.topic(),
                             m.partition(),
                             m.offset(),
                             type(exc).__name__,
@@ -460,14 +468,16 @@ class Worker:
         finally:
             follower.close()
 
-    def _follower(self, topic: str) -> TopicFollower | None:
-        """A follower of ``topic``, retried every 2 s while the brokers are away or
-        the topic does not exist yet; None once the worker stops."""
+    def _follower(self, topics: list[str]) -> TopicFollower | None:
+        """A follower of ``topics``, retried every 2 s while the brokers are away or
+        a topic does not exist yet; None once the worker stops."""
         while not self._stop.is_set():
             try:
-                return TopicFollower(self.settings.brokers, [topic])
+                return TopicFollower(
+                    self.settings.brokers, topics, fetch_wait_ms=RELAXED_FETCH_WAIT_MS
+                )
             except Exception as exc:  # noqa: BLE001 - retried: the topic may not exist yet
-                log.warning("cannot follow %s yet (%s); retrying", topic, exc)
+                log.warning("cannot follow %s yet (%s); retrying", ", ".join(topics), exc)
                 self._stop.wait(2.0)
         return None
 
@@ -476,15 +486,16 @@ class Worker:
         s = self.settings
         metrics.serve(s.metrics_port)
         t = self.topics
-        for topic, name, apply in [
-            (t.bandit_weights, "bandit-weights", self._apply_bandit_state),
-            (t.item_signals, "item-signals", self._apply_signal_row),
-            (t.fusion_weights, "fusion-weights", self._apply_fusion_weights),
-        ]:
+        handlers = {
+            t.bandit_weights: ("bandit-weights", self._apply_bandit_state),
+            t.item_signals: ("item-signals", self._apply_signal_row),
+            t.fusion_weights: ("fusion-weights", self._apply_fusion_weights),
+        }
+        for name, _ in handlers.values():
             metrics.SKIPPED_INTERNAL.labels(name)
-            threading.Thread(
-                target=self._follow, args=(topic, name, apply), name=topic, daemon=True
-            ).start()
+        threading.Thread(
+            target=self._follow, args=(handlers,), name="internal-topics", daemon=True
+        ).start()
         if s.artifact is not None:
             threading.Thread(
                 target=self._watch_artifact, name="artifact-watch", daemon=True
@@ -496,6 +507,7 @@ class Worker:
                 "session.timeout.ms": s.consumer_session_timeout_ms,
                 "statistics.interval.ms": 5000,
                 "stats_cb": self._lag_from_stats,
+                "on_commit": self._committed,
             },
         )
         prod = producer(s.brokers)
@@ -530,6 +542,11 @@ class Worker:
                 self._deliver(prod, failed)
                 self._commit(cons)
         finally:
+            # The last window's offsets, should its asynchronous commit be in flight; a
+            # failure (nothing consumed since, the group moved on) means a redelivery of
+            # the same rec_ids.
+            with contextlib.suppress(KafkaException):
+                cons.commit(asynchronous=False)
             cons.close()
             prod.flush(10)
 
@@ -548,16 +565,27 @@ class Worker:
 
     @staticmethod
     def _commit(cons: object) -> None:
-        """Commit the consumed offsets; a failed commit is survived.
-
-        A commit fails when the group lost this worker's assignment (a broker
-        stall longer than the session timeout, a rebalance): the partitions'
-        next owner gets the window again from the last commit and ranks it to
-        the same deterministic ``rec_id``s, so the duplicate is harmless. The
-        consumer rejoins the group by itself.
+        """Commit the consumed offsets, asynchronously: every list of the window is
+        acknowledged already (``_deliver``), so the commit need not hold up the
+        next window (a synchronous one cost a broker round trip per window, which
+        the requests waiting behind it paid as latency). The result arrives on
+        :meth:`_committed`.
         """
         try:
-            cons.commit(asynchronous=False)  # type: ignore[attr-defined]
+            cons.commit(asynchronous=True)  # type: ignore[attr-defined]
         except KafkaException as exc:
             metrics.COMMIT_FAILURES.inc()
             log.warning("offset commit failed (%s); the window will be redelivered", exc)
+
+    @staticmethod
+    def _committed(err: KafkaError | None, _partitions: list) -> None:
+        """A commit's result (served on the consumer's poll). A commit fails when
+        the group lost this worker's assignment (a broker stall longer than the
+        session timeout, a rebalance): the partitions' next owner gets the window
+        again from the last commit and ranks it to the same deterministic
+        ``rec_id``s, so the duplicate is harmless. The consumer rejoins the group
+        by itself.
+        """
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            metrics.COMMIT_FAILURES.inc()
+            log.warning("offset commit failed (%s); the window will be redelivered", err)

@@ -75,7 +75,14 @@ from streams.contracts import (
     Topics,
     parse,
 )
-from streams.kafka import TopicFollower, consumer, create_topics, producer, wait_until_ready
+from streams.kafka import (
+    RELAXED_FETCH_WAIT_MS,
+    TopicFollower,
+    consumer,
+    create_topics,
+    producer,
+    wait_until_ready,
+)
 from streams.settings import Settings
 
 __all__ = [
@@ -649,7 +656,9 @@ class _Bench:
         timeout_s = max(120.0, n / 200)
         deadline = time.monotonic() + timeout_s
         span = _Span()
-        follower = TopicFollower(self.brokers, [topics.rank_requests])
+        follower = TopicFollower(
+            self.brokers, [topics.rank_requests], fetch_wait_ms=RELAXED_FETCH_WAIT_MS
+        )
         try:
             while span.count < n:
                 if time.monotonic() > deadline:
@@ -800,7 +809,9 @@ class _Bench:
     ) -> tuple[_Span, float]:
         """Follow ``recommendations`` until lists + the worker's skipped requests >= n."""
         span, skipped = _Span(), 0.0
-        follower = TopicFollower(self.brokers, [topics.recommendations])
+        follower = TopicFollower(
+            self.brokers, [topics.recommendations], fetch_wait_ms=RELAXED_FETCH_WAIT_MS
+        )
         last_progress = next_scrape = time.monotonic()
         try:
             while span.count + skipped < n:
@@ -841,7 +852,11 @@ class _Bench:
         dataflow_port, worker_port = free_port(), free_port()
         procs.start("dataflow", streamrec_cmd("dataflow"), self._env(topics, dataflow_port))
         procs.start("worker", streamrec_cmd("worker"), self._env(topics, worker_port))
-        follower = TopicFollower(self.brokers, [topics.rank_requests, topics.recommendations])
+        follower = TopicFollower(
+            self.brokers,
+            [topics.rank_requests, topics.recommendations],
+            fetch_wait_ms=RELAXED_FETCH_WAIT_MS,
+        )
         self._stack.callback(follower.close)
         _wait_for_warmup(self.brokers, topics, follower, procs, timeout_s=300)
         return _Pipeline(
