@@ -74,6 +74,23 @@ def test_unknown_items_are_skipped_and_an_empty_history_still_scores(trained) ->
     assert np.allclose(np.exp(lp).sum(1), 1.0, atol=1e-4)
 
 
+def test_onnx_runtime_serves_the_same_log_probs_as_torch(trained) -> None:
+    model, _ = trained
+    path = model.path
+    onnx, plain = SequenceModel(path, device="cpu"), SequenceModel(path, runtime="torch")
+    rng = np.random.default_rng(5)
+    # Empty, short, and longer than max_len (10): every window shape serving sees.
+    lengths = [0, 1, 3, 10, 25]
+    seqs = [[f"i{j}" for j in rng.integers(0, N_ITEMS, n)] for n in lengths]
+    times = [np.cumsum(rng.exponential(3600.0, n)).tolist() for n in lengths]
+    expected = plain.log_probs(seqs, times)
+    for batch in (seqs, seqs[3:4]):  # a batch, and one request alone
+        got = onnx.log_probs(batch, times[: len(batch)] if batch is seqs else times[3:4])
+        want = expected if batch is seqs else expected[3:4]
+        assert np.allclose(got, want, atol=1e-4)
+    assert (onnx.runtime, plain.runtime) == ("onnxruntime", "torch")
+
+
 def test_fit_weights_finds_the_feature_that_picks_the_target() -> None:
     rng = np.random.default_rng(3)
     groups = []
