@@ -485,6 +485,7 @@ class _Span:
     duplicates: int = 0
     first_ts: float | None = None
     last_ts: float | None = None
+    at_first: int = 0  # records stamped with first_ts
     ids: set[str] = field(default_factory=set)
 
     def add(self, record_id: str | None, ts: float) -> None:
@@ -493,14 +494,21 @@ class _Span:
             return
         self.ids.add(record_id)
         self.count += 1
-        self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+        if self.first_ts is None or ts < self.first_ts:
+            self.first_ts, self.at_first = ts, 1
+        elif ts == self.first_ts:
+            self.at_first += 1
         self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
 
     def rate(self, n: float) -> float | None:
-        """``n`` per second between the first and the last record."""
+        """``n`` per second between the first and the last record, counting only the
+        share of ``n`` made after the first timestamp: the records stamped with it
+        (a whole input batch, written together) were made before the span began,
+        and counting them would overstate the rate by a batch."""
         if self.first_ts is None or self.last_ts is None or self.last_ts <= self.first_ts:
             return None
-        return n / (self.last_ts - self.first_ts)
+        after_first = n * (self.count - self.at_first) / self.count
+        return after_first / (self.last_ts - self.first_ts)
 
 
 @dataclass

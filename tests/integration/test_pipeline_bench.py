@@ -33,7 +33,9 @@ def test_every_section_measures_something(broker, catalog_path: Path, tmp_path: 
         brokers=broker.bootstrap, data=data, catalog=catalog_path, partitions=2, device="cpu"
     )
     options = PipelineBenchOptions(
-        events=300,
+        # More than one input batch (1,000): the rate is read between the first
+        # and the last batch's rank requests.
+        events=1_200,
         worker_events=200,
         rate=50,
         seconds=3,
@@ -59,11 +61,11 @@ def test_every_section_measures_something(broker, catalog_path: Path, tmp_path: 
             assert len(s["load_avg_start"]) == 3 and s["wall_s"] > 0, name
 
     raw = sections["raw"]
-    assert raw["events"] == 300 and raw["events_per_s"] > 0
+    assert raw["events"] == 1_200 and raw["events_per_s"] > 0
     assert raw["events_per_s_x_raw"] == 1.0
 
     trig = sections["dataflow-trigger"]
-    assert trig["rank_requests"] == 300 and trig["startup_s"] > 0
+    assert trig["rank_requests"] == 1_200 and trig["startup_s"] > 0
     assert trig["events_per_s"] > 0 and trig["events_per_s_x_raw"] > 0
 
     state_only = sections["dataflow-state"]

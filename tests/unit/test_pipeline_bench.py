@@ -9,6 +9,7 @@ import pytest
 from pipeline.processes import metric_sum
 from streamrec.pipeline_bench import (
     PipelineBenchOptions,
+    _Span,
     drain_time,
     first_window_below,
     latency_breakdown,
@@ -67,6 +68,21 @@ def test_rate_from_polls_starts_at_the_first_nonzero_poll() -> None:
     assert rate_from_polls(polls, 500) == pytest.approx(200.0)
     assert rate_from_polls([(1.0, 500.0)], 500) is None  # all between two polls
     assert rate_from_polls([(1.0, 100.0), (2.0, 300.0)], 500) is None  # never reached
+
+
+def test_a_span_rate_leaves_out_the_batch_stamped_at_its_start() -> None:
+    """Records written together at the first timestamp were made before the span
+    began: 1,000 at t=0, then 500 more by t=1 s is 500/s, not 1,500/s."""
+    span = _Span()
+    for i in range(1000):
+        span.add(f"a{i}", 10.0)
+    assert span.rate(span.count) is None  # one timestamp: no span to read
+    for i in range(500):
+        span.add(f"b{i}", 10.5 if i < 250 else 11.0)
+    span.add("a0", 12.0)  # a duplicate moves nothing
+    assert (span.count, span.duplicates, span.at_first) == (1500, 1, 1000)
+    assert span.rate(span.count) == pytest.approx(500.0)
+    assert span.rate(3000) == pytest.approx(1000.0)  # n scales with the share after
 
 
 def test_drain_time_is_the_first_low_lag_after_the_burst() -> None:
