@@ -92,6 +92,10 @@ def test_every_section_measures_something(broker, catalog_path: Path, tmp_path: 
     assert burst["explicit_sent"] >= 6 and burst["explicit_answered"] == burst["explicit_sent"]
     assert burst["peak_lag"] >= 0 and burst["peak_dataflow_lag"] >= 0
     assert len(burst["p99_windows_ms"]) == 1 and burst["samples"]
+    after = burst["after_burst"]  # where the tail's latency goes
+    assert after["latency_ms"]["p50"] > 0
+    assert after["breakdown_ms"]["event_to_rank_request"]["p50"] is not None
+    assert after["breakdown_ms"]["hop"]["p50"] is not None
     for proc in ("dataflow", "worker"):
         assert burst["rss_mib"][proc]["during"] > 0, proc
 
