@@ -31,9 +31,12 @@ Folder layout written by :func:`save` (``streamrec finetune-seq``):
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +49,8 @@ from tqdm.auto import tqdm
 
 from corpus.metrics import target_metrics
 from model.encoder import resolve_device
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SeqConfig",
@@ -449,11 +454,6 @@ class _CpuSession:
     def build(cls, model: SequenceModel) -> _CpuSession | None:
         """Export ``model`` and load it in ONNX Runtime; None (torch serves, with a
         warning) when onnxruntime or onnx is missing or the export fails."""
-        import io
-        import logging
-        import warnings
-
-        log = logging.getLogger(__name__)
         try:
             import onnxruntime as ort
         except ImportError:
