@@ -66,6 +66,8 @@ class Candidates:
     sources: list[str]
     repeat_count: np.ndarray  # float32: times the user interacted with the item (0 = never)
     repeat_age_s: np.ndarray  # float32: seconds since then, on the user's clock
+    # int64 catalog rows of RankRequest.exclude: no source may propose them.
+    excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -205,6 +207,7 @@ def retrieve(
                 sources=sources,
                 repeat_count=count,
                 repeat_age_s=age,
+                excluded=excluded[i],
             )
         )
     return out

@@ -39,14 +39,14 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from streams.contracts import SignalRow
-from streams.retrieval import Candidate, merge
+from streams.retrieval import Candidate
 from streams.settings import Settings
 
 __all__ = [
@@ -75,6 +75,10 @@ TREND_PRIOR = 5.0
 # lists after 20,000 online-retail events differed in their tail between the
 # pipeline and the replay (through-kafka check).
 _BUFFER = 4
+
+# Catalogs whose row -> item index map a table keeps (a reloaded model brings a
+# new catalog; the worker's experiment variants may serve others).
+_CATALOGS_KEPT = 4
 
 # Move an item's reference time forward once an update lies this many (shortest)
 # half-lives past it: scale factors stay below 2 ** 64.
@@ -230,7 +234,18 @@ class ItemSignals:
 
 
 def _top(pairs: Iterable[tuple[str, float]], n: int) -> list[tuple[str, float]]:
-    """The ``n`` largest (key, value) pairs, heaviest first, ties by key."""
+    """The ``n`` largest (key, value) pairs, heaviest first, ties by key.
+
+    A numpy partition finds the ``n``-th largest value first, so only the pairs
+    at or above it are sorted (with their ties, so the key still breaks them):
+    a user's co-visitation scores run to hundreds of items for 50 candidates."""
+    pairs = list(pairs)
+    if n <= 0:
+        return []
+    if len(pairs) > 2 * n:
+        values = np.fromiter((v for _, v in pairs), np.float64, len(pairs))
+        threshold = np.partition(values, len(values) - n)[len(values) - n]
+        pairs = [pairs[i] for i in np.flatnonzero(values >= threshold).tolist()]
     return heapq.nsmallest(n, pairs, key=lambda kv: (-kv[1], kv[0]))
 
 
@@ -291,10 +306,14 @@ class SignalsTable:
         self._index: dict[str, int] = {}
         self._ids: list[str] = []
         self._counts = np.zeros((0, 3), dtype=np.float64)  # short, long, ts per item
+        # Per catalog (its item -> row map): catalog row -> item index here, and
+        # how many of the items it has mapped (see index_of_rows).
+        self._row_maps: dict[int, tuple[Mapping[str, int], np.ndarray, int]] = {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         del state["_lock"]
+        state["_row_maps"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -320,6 +339,31 @@ class SignalsTable:
                     grown[:i] = self._counts
                     self._counts = grown
             self._counts[i] = (row.short, row.long, row.ts)
+
+    def index_of_rows(self, catalog_row: Mapping[str, int]) -> np.ndarray:
+        """Per row of the catalog whose item -> row map is ``catalog_row``: its item's
+        index in this table (-1: no row yet), so a ranker reads trend and
+        popularity by array indexing, not a dict lookup per candidate. Kept per
+        catalog (the last :data:`_CATALOGS_KEPT`) and extended by the items that
+        arrived since the last call; item indices are append-only, so an array
+        handed out stays right (a later entry may point past a view's arrays:
+        :meth:`SignalsView.arrays` checks)."""
+        with self._lock:
+            key = id(catalog_row)
+            found = self._row_maps.get(key)
+            if found is None or found[0] is not catalog_row:
+                size = max(catalog_row.values(), default=-1) + 1
+                found = (catalog_row, np.full(size, -1, dtype=np.int64), 0)
+            _, index, done = found
+            for i in range(done, len(self._ids)):
+                row = catalog_row.get(self._ids[i])
+                if row is not None:
+                    index[row] = i
+            self._row_maps.pop(key, None)
+            self._row_maps[key] = (catalog_row, index, len(self._ids))
+            while len(self._row_maps) > _CATALOGS_KEPT:
+                del self._row_maps[next(iter(self._row_maps))]
+            return index
 
     def view(self, recent_items: Sequence[str], now: float) -> SignalsView:
         """What the table says for one user at ``now``: the co-visitation scores of
@@ -413,22 +457,38 @@ class SignalsView:
         covis score), then trending ones (score = trend); each carries every
         feature it has (see :meth:`features`). Items in ``exclude`` are left out.
         """
+        items, sources, scores = self.proposals(covis_n, trending_n, exclude)
+        return [
+            Candidate(item_id=k, score=round(v, 6), source=src, features=self._features_of(k))
+            for k, src, v in zip(items, sources, scores, strict=True)
+        ]
+
+    def proposals(
+        self, covis_n: int, trending_n: int, exclude: Collection[str] = ()
+    ) -> tuple[list[str], list[str], list[float]]:
+        """:meth:`candidates` as three lists (item ids, sources, scores), without a
+        :class:`~streams.retrieval.Candidate` and features dict per item: the
+        fusion ranker reads the features as arrays (:meth:`arrays`), and building
+        a dict per candidate was its largest cost (15% of a list). The order and
+        the sources are :func:`~streams.retrieval.merge`'s: covis first, then the
+        trending items not among them; an item both propose is ``covis+trending``."""
         ids = self.table._ids
         n = trending_n + len(exclude)
         trending = _top(((ids[i], float(self.trend[i])) for i in _largest(self.trend, n)), n)
         top_covis = _top(((k, v) for k, v in self.covis.items() if k not in exclude), covis_n)
-        top_trend = [(k, v) for k, v in trending if k not in exclude][:trending_n]
-        return merge(
-            *(
-                [
-                    Candidate(
-                        item_id=k, score=round(v, 6), source=source, features=self._features_of(k)
-                    )
-                    for k, v in top
-                ]
-                for source, top in (("covis", top_covis), ("trending", top_trend))
-            )
-        )
+        items = [k for k, _ in top_covis]
+        scores = [v for _, v in top_covis]
+        sources = ["covis"] * len(items)
+        position = {k: j for j, k in enumerate(items)}
+        for k, v in [(k, v) for k, v in trending if k not in exclude][:trending_n]:
+            j = position.get(k)
+            if j is not None:
+                sources[j] = "covis+trending"
+                continue
+            items.append(k)
+            scores.append(v)
+            sources.append("trending")
+        return items, sources, scores
 
     def features(self, item_ids: Sequence[str]) -> list[dict[str, float]]:
         """Per item, what the table knows of it, each only when > 0: what a ranker
@@ -437,16 +497,20 @@ class SignalsView:
         return [self._features_of(i) for i in item_ids]
 
     def arrays(
-        self, item_ids: Sequence[str], rows: np.ndarray
+        self, catalog_row: Mapping[str, int], rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(covis, trend, popularity) of the items ``item_ids[row]`` for ``rows``, as
-        :meth:`features` gives them (rounded, 0 when unknown): the fusion ranker's
-        columns without a dict per candidate."""
+        """(covis, trend, popularity) of the catalog ``rows`` (``catalog_row``: the
+        catalog's item -> row map), as :meth:`features` gives them (rounded, 0
+        when unknown): the fusion ranker's columns without a dict per candidate."""
         n = len(rows)
-        names = [item_ids[r] for r in rows.tolist()]
-        covis = np.fromiter((self.covis.get(i, 0.0) for i in names), np.float64, n)
-        index = self.table._index
-        at = np.fromiter((index.get(i, -1) for i in names), np.int64, n)
+        covis = np.zeros(n)
+        if self.covis:
+            at_row = {r: j for j, r in enumerate(rows.tolist())}
+            for item, v in self.covis.items():
+                j = at_row.get(catalog_row.get(item, -1))
+                if j is not None:
+                    covis[j] = v
+        at = self.table.index_of_rows(catalog_row)[rows]
         known = (at >= 0) & (at < len(self.trend))
         safe = np.where(known, at, 0)
         trend = np.zeros(n) if not len(self.trend) else np.where(known, self.trend[safe], 0.0)
