@@ -8,7 +8,7 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
 ``parse``           bytes -> Trigger | Shown | DeadLetter (never raises; a source
                     error that concerns no record, e.g. the broker away, is
                     logged and dropped)
-``split-dlq``       bad records branch off to ``events.dlq`` with the reason
+``dead-letters``    bad records go to ``events.dlq`` with the reason
 ``by-user``         key by user_id (a user's inputs stay in order on one worker)
 ``user-state``      stateful (a forget request discards the user's key, tells the
                     worker on ``rank-requests`` and answers on ``forgotten``; with
@@ -20,11 +20,10 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
                     a segment and candidates -> RankRequest (with ``latest_wins``,
                     of a user's events in one input batch only the newest asks for
                     a list); closed lists -> ListReward
-``outputs``         flatten the step's outputs
-``split-rewards``   ListRewards go to the bandit and the fusion learner
-``split-signals``   of the rest, co-visit and hit records go to the item signals,
-                    the others to Kafka
-``by-item``         key the records by item (the co-visit's source, the hit's item)
+``rewards``         its ListRewards (closed lists), for the bandit and the fusion learner
+``published``       its records that go to Kafka as they are
+``signal-records``  its co-visit and hit records, grouped by item (the co-visit's
+                    source, the hit's item) within each batch
 ``item-signals``    stateful: per item, decayed co-visitation neighbours (top N) and
                     short/long event counts; each update -> the item's row on
                     ``item-signals`` (compacted)
@@ -39,6 +38,7 @@ Steps (``step_id``s are stable: recovery state is keyed by them):
 ``fusion``          stateful: the fusion ranker's logistic regression, one SGD step
                     per example; its weights go to ``fusion-weights`` (compacted)
                     on the first update and every ``_FUSION_PUBLISH_EVERY``
+``signal-rows``     the item-signals rows
 ``to-kafka``        each output (a record of ``streams.contracts``) to its topic
                     (``_SINK_TOPICS``): ``rank-requests``, ``outcomes``,
                     ``outcomes.unattributed``, ``forgotten``, ``bandit-weights``,
@@ -51,6 +51,9 @@ Run it with ``streamrec dataflow`` (wraps ``python -m bytewax.run``, so
 ``-w``, ``-i/-a`` and the recovery flags work) or directly with
 ``python -m bytewax.run "streams.dataflow:build_flow()"``; configuration
 comes from ``STREAMREC_*`` environment variables (see ``streams.settings``).
+
+The stateless steps are batch steps (``flat_map_batch``): one Python call per
+Bytewax batch rather than one per record.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -186,6 +190,46 @@ def _user_of(item: Trigger | Shown | ForgetRequest) -> str:
     if isinstance(item, ForgetRequest):
         return item.user_id
     return item.rec.user_id if isinstance(item, Shown) else item.message.user_id
+
+
+def _keyed_by_user(items: list) -> list[tuple[str, Trigger | Shown | ForgetRequest]]:
+    """The ``by-user`` step over a batch: (user_id, input) of every parsed input
+    that is not a dead letter."""
+    return [(_user_of(x), x) for x in items if not isinstance(x, DeadLetter)]
+
+
+def _outputs_of(kind: type) -> Callable[[list[tuple[str, list]]], list]:
+    """A batch step: the ``kind`` records among the ``user-state`` outputs."""
+
+    def step(batch: list[tuple[str, list]]) -> list:
+        return [o for _, outputs in batch for o in outputs if isinstance(o, kind)]
+
+    return step
+
+
+def _published(batch: list[tuple[str, list]]) -> list:
+    """The ``user-state`` outputs that go to a topic as they are: all but the
+    closed lists (the learners') and the signal records (the item-signals step's)."""
+    return [
+        o for _, outputs in batch for o in outputs if not isinstance(o, (ListReward, CoVisit, Hit))
+    ]
+
+
+def _signal_records_by_item(batch: list[tuple[str, list]]) -> list[tuple[str, list]]:
+    """The batch's signal records grouped by their key, in arrival order within
+    each key: one (key, records) item per key for ``item-signals``, instead of a
+    keyed item per record."""
+    groups: dict[str, list] = {}
+    for _, outputs in batch:
+        for o in outputs:
+            if isinstance(o, (CoVisit, Hit)):
+                key = o.key
+                found = groups.get(key)
+                if found is None:
+                    groups[key] = [o]
+                else:
+                    found.append(o)
+    return list(groups.items())
 
 
 class UserStep:
@@ -468,9 +512,11 @@ class _SignalsLogic(StatefulBatchLogic):
         self.next_publish: datetime | None = None
         self.dirty = False
 
-    def on_batch(self, values: list[CoVisit | Hit]) -> tuple[list[SignalRow], bool]:
-        self.state = self.step.apply(self.state, values)
-        self.key = values[-1].key
+    def on_batch(self, values: list[list[CoVisit | Hit]]) -> tuple[list[SignalRow], bool]:
+        # Each value is one upstream batch's records of this item, in order.
+        found = [r for group in values for r in group]
+        self.state = self.step.apply(self.state, found)
+        self.key = found[-1].key
         self.dirty = True
         if self.next_publish is None or datetime.now(timezone.utc) >= self.next_publish:
             return self._publish(), StatefulBatchLogic.RETAIN
@@ -620,28 +666,37 @@ def build_flow(
             add_config=consumer_config(s),
         ),
     )
-    parsed = op.filter_map("parse", raw, lambda m: _parse(topics, m, s.max_record_bytes))
-    split = op.branch("split-dlq", parsed, lambda x: not isinstance(x, DeadLetter))
-    keyed = op.key_on("by-user", split.trues, _user_of)
+    # Batch operators (flat_map_batch: one Python call per Bytewax batch) where
+    # the per-item ones (map, key_on, branch) cost a call, or a call from Rust,
+    # per record: an event fans out into a rank request and several signal
+    # records, and those calls were a fifth of the dataflow's time.
+    limit = s.max_record_bytes
+    parsed = op.flat_map_batch(
+        "parse",
+        raw,
+        lambda ms: [p for p in (_parse(topics, m, limit) for m in ms) if p is not None],
+    )
+    dead_letters = op.flat_map_batch(
+        "dead-letters", parsed, lambda xs: [x for x in xs if isinstance(x, DeadLetter)]
+    )
+    keyed = op.flat_map_batch("by-user", parsed, _keyed_by_user)
     user_step = UserStep(catalog, s, policy)
     per_user = op.stateful_batch(
         "user-state", keyed, lambda resume: _UserLogic(user_step, s.user_retention_s, resume)
     )
-    outputs = op.flat_map("outputs", per_user, lambda kv: kv[1])
-    rewards = op.branch("split-rewards", outputs, lambda x: isinstance(x, ListReward))
-    signal_records = op.branch(
-        "split-signals", rewards.falses, lambda x: isinstance(x, (CoVisit, Hit))
-    )
+    rewards = op.flat_map_batch("rewards", per_user, _outputs_of(ListReward))
+    published = op.flat_map_batch("published", per_user, _published)
+    signal_records = op.flat_map_batch("signal-records", per_user, _signal_records_by_item)
     signals_step = SignalsStep(SignalsConfig.from_settings(s))
     rows = op.stateful_batch(
         "item-signals",
-        op.key_on("by-item", signal_records.trues, lambda r: r.key),
+        signal_records,
         lambda resume: _SignalsLogic(signals_step, s.signals_interval_s, resume),
     )
     # One key is enough for the fusion learner: its model is a few dozen floats
     # and an SGD step costs microseconds, far below the rate lists close at.
     examples = op.flat_map(
-        "fusion-examples", rewards.trues, lambda r: r.examples if s.fusion_online else []
+        "fusion-examples", rewards, lambda r: r.examples if s.fusion_online else []
     )
     fusion = op.stateful_map(
         "fusion",
@@ -651,7 +706,7 @@ def build_flow(
     bandit_step = BanditStep(policy)
     learn = op.filter(
         "bandit-lists",
-        op.map("arm-metrics", rewards.trues, lambda r: _record(labels, r)),
+        op.map("arm-metrics", rewards, lambda r: _record(labels, r)),
         lambda r: r.mode == "bandit",
     )
     states = op.stateful_map(
@@ -659,15 +714,15 @@ def build_flow(
     )
     merged = op.merge(
         "merge-out",
-        signal_records.falses,
-        split.falses,
+        published,
+        dead_letters,
         op.filter_map("bandit-states", states, lambda kv: kv[1]),
-        op.map("signal-rows", rows, lambda kv: kv[1]),
+        op.flat_map_batch("signal-rows", rows, lambda kvs: [kv[1] for kv in kvs]),
         op.flat_map("fusion-weights", fusion, _publish_fusion),
     )
     op.output(
         "kafka-out",
-        op.map("to-kafka", merged, lambda x: _to_sink(topics, labels, x)),
+        op.flat_map_batch("to-kafka", merged, lambda xs: [_to_sink(topics, labels, x) for x in xs]),
         sink or CheckedKafkaSink(brokers, topics.events_dlq, add_config=producer_config(s)),
     )
     return flow
