@@ -61,7 +61,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -198,13 +197,9 @@ def _keyed_by_user(items: list) -> list[tuple[str, Trigger | Shown | ForgetReque
     return [(_user_of(x), x) for x in items if not isinstance(x, DeadLetter)]
 
 
-def _outputs_of(kind: type) -> Callable[[list[tuple[str, list]]], list]:
-    """A batch step: the ``kind`` records among the ``user-state`` outputs."""
-
-    def step(batch: list[tuple[str, list]]) -> list:
-        return [o for _, outputs in batch for o in outputs if isinstance(o, kind)]
-
-    return step
+def _rewards(batch: list[tuple[str, list]]) -> list[ListReward]:
+    """The closed lists among the ``user-state`` outputs (the learners' input)."""
+    return [o for _, outputs in batch for o in outputs if isinstance(o, ListReward)]
 
 
 def _published(batch: list[tuple[str, list]]) -> list:
@@ -684,7 +679,7 @@ def build_flow(
     per_user = op.stateful_batch(
         "user-state", keyed, lambda resume: _UserLogic(user_step, s.user_retention_s, resume)
     )
-    rewards = op.flat_map_batch("rewards", per_user, _outputs_of(ListReward))
+    rewards = op.flat_map_batch("rewards", per_user, _rewards)
     published = op.flat_map_batch("published", per_user, _published)
     signal_records = op.flat_map_batch("signal-records", per_user, _signal_records_by_item)
     signals_step = SignalsStep(SignalsConfig.from_settings(s))
