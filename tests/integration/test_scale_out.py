@@ -67,13 +67,36 @@ def _run(tmp_path, broker, catalog_path, records, n, processes: int, workers: in
                 procs=procs,
                 timeout_s=180,
             )
-            # The restart resumed from the store: it did not rebuild every user
-            # by reading the first half again (that would be `half` more requests).
             requests = collect(
                 broker.bootstrap, [topics.rank_requests], until=lambda _: False, timeout_s=3
             )
+            _explain_missing(records, got, requests, topics, procs)
+            # The restart resumed from the store: it did not rebuild every user
+            # by reading the first half again (that would be `half` more requests).
             assert len(requests) < n + half // 2, (len(requests), n)
     return values(got, topics.recommendations)
+
+
+def _explain_missing(records, got, requests, topics, procs) -> None:
+    """Fail with where the lists of unanswered events got lost: an event with no
+    rank request was lost in the dataflow (or its input), one with a request but
+    no list in the workers (or on the way back), with every child's log tail."""
+    answered = {r["trigger_event_id"] for r in values(got, topics.recommendations)}
+    asked = {
+        json.loads(m.value()).get("request_id")
+        for m in requests
+        if m.topic() == topics.rank_requests and m.value()
+    }
+    missing = [json.loads(v)["event_id"] for _, v in records]
+    missing = [e for e in missing if e not in answered]
+    if not missing:
+        return
+    no_request = [e for e in missing if f"evt:{e}" not in asked]
+    logs = "\n".join(f"--- {name}\n{procs.log_tail(name, 30)}" for name in sorted(procs.children))
+    pytest.fail(
+        f"{len(missing)} events got no list: {missing}; of them without a rank request "
+        f"(lost before the workers): {no_request}\n{logs}"
+    )
 
 
 def test_two_dataflow_processes_and_two_workers_match_one_of_each_also_after_a_kill(
