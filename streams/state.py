@@ -34,11 +34,11 @@ floats) when the state is next used with its catalog (:func:`restore`).
 from __future__ import annotations
 
 import hashlib
-import heapq
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import KeysView
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -50,6 +50,7 @@ __all__ = ["UserState", "StateConfig", "update_state", "restore", "event_hash"]
 _TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
 _PICKLE_LIGHT, _PICKLE_FULL = 1, 2
 _CLOSED_KEPT = 16
+_weight = itemgetter(1)  # of a (category, weight) pair
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,9 @@ class UserState:
 
     def category_mix(self, top: int = 20) -> dict[str, float]:
         """The ``top`` heaviest categories with their decayed weights (bounded for the wire)."""
-        items = self.categories.items()
-        heaviest = heapq.nlargest(top, items, key=lambda kv: kv[1]) if len(items) > top else items
-        ordered = sorted(heaviest, key=lambda kv: -kv[1])
+        # One stable sort of a few dozen weights: the order of heapq.nlargest (its
+        # documented equivalent) at half the cost for the mixes users have.
+        ordered = sorted(self.categories.items(), key=_weight, reverse=True)[:top]
         return {c: round(w, 6) for c, w in ordered if w > 0}
 
     def recent_items(self) -> list[str]:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import bisect
 import math
 
-import numpy as np
-
 from streams.experiments import BanditConfig
 from streams.state import UserState
 
@@ -59,9 +57,10 @@ def context_vector(
 ) -> list[float]:
     """[1, one-hot history bucket, one-hot entropy bucket, returning]."""
     h, e, returning = found if found is not None else buckets(state, cfg)
-    x = np.zeros(1 + len(cfg.history_buckets) + 1 + len(cfg.entropy_buckets) + 1 + 1)
+    # A plain list: a dozen floats, built per rank request, cost more as an array.
+    x = [0.0] * (1 + len(cfg.history_buckets) + 1 + len(cfg.entropy_buckets) + 1 + 1)
     x[0] = 1.0
     x[1 + h] = 1.0
     x[2 + len(cfg.history_buckets) + e] = 1.0
     x[-1] = float(returning)
-    return x.tolist()
+    return x
